@@ -1,0 +1,23 @@
+//! # overinterp
+//!
+//! Finds where image classifiers overinterpret their input (Carter et al., NeurIPS
+//! 2021): Sufficient Input Subsets for whole datasets, pixel-subset datasets built
+//! from them, retraining and evaluation, at cluster scale.
+//!
+//! # Layout
+//!
+//! - [`data`]: dataset readers (CIFAR-10, CIFAR-10-C, IDX/Fashion-MNIST, ImageNet) and normalization.
+//! - [`models`]: the paper's architectures, TorchScript import, ensembles, input dropout.
+//! - [`train`]: training loop, schedules, augmentation, checkpoints, evaluation.
+//! - [`sis`]: exact and batched-gradient BackSelect, FindSIS, SIS collections.
+//! - [`store`]: the append-only, indexed, Python-readable SIS result store.
+//! - [`subsets`]: backselect top-q and random-q pixel subsets, mask sources, export.
+//! - [`util`]: device parsing, seeded RNG, hashing, progress reporting.
+
+pub mod data;
+pub mod models;
+pub mod sis;
+pub mod store;
+pub mod subsets;
+pub mod train;
+pub mod util;
