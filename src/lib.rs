@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the `overinterp` command line (thin `main.rs` calls [`cli::run`]).
 //! - [`data`]: dataset readers (CIFAR-10, CIFAR-10-C, IDX/Fashion-MNIST, ImageNet) and normalization.
 //! - [`models`]: the paper's architectures, TorchScript import, ensembles, input dropout.
 //! - [`train`]: training loop, schedules, augmentation, checkpoints, evaluation.
@@ -14,6 +15,7 @@
 //! - [`subsets`]: backselect top-q and random-q pixel subsets, mask sources, export.
 //! - [`util`]: device parsing, seeded RNG, hashing, progress reporting.
 
+pub mod cli;
 pub mod data;
 pub mod models;
 pub mod sis;

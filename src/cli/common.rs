@@ -1,0 +1,78 @@
+//! Flags shared by several subcommands, and their validation.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tch::Device;
+
+use crate::data::{self, ImageSource, Split};
+use crate::models::{self, Classifier};
+
+/// Which dataset to read.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Dataset as KIND:PATH. KIND is one of cifar10, cifar10c, fashion-mnist, mnist,
+    /// imagenet; PATH is the directory holding its files, e.g.
+    /// `fashion-mnist:/usr/share/datasets/fashion-mnist` or `cifar10:~/data/cifar-10-batches-bin`.
+    #[arg(long, value_name = "KIND:PATH")]
+    pub data: String,
+    /// Use only the first N images of each split (quick experiments).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+impl DataArgs {
+    /// Opens `split` of the dataset, cut to `--limit` images if given.
+    pub fn open(&self, split: Split) -> anyhow::Result<Box<dyn ImageSource>> {
+        let spec: data::DatasetSpec = self.data.parse().with_context(|| format!("--data {}", self.data))?;
+        let source = data::open_dataset(&spec, split).with_context(|| format!("opening --data {} ({split} split)", self.data))?;
+        Ok(match self.limit {
+            Some(n) if n < source.len() => {
+                let indices: Vec<usize> = (0..n).collect();
+                let name = format!("{}[:{n}]", source.name());
+                Box::new(data::subset(source.as_ref(), &indices)?.with_name(name))
+            }
+            _ => source,
+        })
+    }
+}
+
+/// Where to compute.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// cpu, cuda (= cuda:0) or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = crate::util::parse_device)]
+    pub device: Device,
+    /// CPU threads for libtorch (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+impl DeviceArgs {
+    pub fn apply(&self) -> Device {
+        if let Some(n) = self.threads {
+            tch::set_num_threads(n);
+        }
+        self.device
+    }
+}
+
+/// Loads the model named by `--model`: a checkpoint directory written by
+/// `overinterp train`, a TorchScript file (`.pt`), or `ensemble:A,B,...` of either.
+/// `input_shape` comes from the dataset (TorchScript files do not record it).
+pub fn load_model(spec: &str, device: Device, input_shape: [i64; 3]) -> anyhow::Result<Box<dyn Classifier>> {
+    models::load_model(spec, device, input_shape).with_context(|| format!("loading --model {spec}"))
+}
+
+/// `[C, H, W]` of a dataset as the `i64`s tch wants.
+pub fn input_shape(source: &dyn ImageSource) -> [i64; 3] {
+    let [c, h, w] = source.shape();
+    [c as i64, h as i64, w as i64]
+}
+
+/// Writes pretty JSON to `path`, naming the file on failure.
+pub fn write_json(path: &PathBuf, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("plain data serializes");
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
