@@ -1,0 +1,104 @@
+//! ResNet50 in torchvision's layout (v1.5: the stride of a down-sampling bottleneck
+//! sits on its 3×3 convolution). 25,557,032 parameters for 1000 classes, as
+//! `torchvision.models.resnet50()`. Parameter keys are torchvision's (`conv1`, `bn1`,
+//! `layer{1..4}.{i}.{conv1,bn1,conv2,bn2,conv3,bn3,downsample.0,downsample.1}`, `fc`);
+//! only the batch-norm buffer `num_batches_tracked` has no counterpart.
+
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use super::layers::{batch_norm, conv2d};
+
+#[derive(Debug)]
+struct Bottleneck {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    conv3: nn::Conv2D,
+    bn3: nn::BatchNorm,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+/// torchvision's Bottleneck.expansion.
+const EXPANSION: i64 = 4;
+
+impl Bottleneck {
+    fn new(p: nn::Path, c_in: i64, planes: i64, stride: i64) -> Self {
+        let c_out = planes * EXPANSION;
+        let downsample = (stride != 1 || c_in != c_out).then(|| {
+            let d = &p / "downsample";
+            (
+                conv2d(&d / 0, c_in, c_out, 1, stride, 0, false),
+                batch_norm(&d / 1, c_out, 1e-5),
+            )
+        });
+        Self {
+            conv1: conv2d(&p / "conv1", c_in, planes, 1, 1, 0, false),
+            bn1: batch_norm(&p / "bn1", planes, 1e-5),
+            conv2: conv2d(&p / "conv2", planes, planes, 3, stride, 1, false),
+            bn2: batch_norm(&p / "bn2", planes, 1e-5),
+            conv3: conv2d(&p / "conv3", planes, c_out, 1, 1, 0, false),
+            bn3: batch_norm(&p / "bn3", c_out, 1e-5),
+            downsample,
+        }
+    }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let out = out.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let out = out.apply(&self.conv3).apply_t(&self.bn3, train);
+        let identity = match &self.downsample {
+            Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
+            None => xs.shallow_clone(),
+        };
+        (out + identity).relu()
+    }
+}
+
+/// ResNet50.
+#[derive(Debug)]
+pub(crate) struct ResNet50 {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    blocks: Vec<Bottleneck>,
+    fc: nn::Linear,
+}
+
+/// Builds ResNet50 under `p` for `c_in` input channels.
+pub(crate) fn resnet50(p: &nn::Path, c_in: i64, num_classes: i64) -> ResNet50 {
+    let mut blocks = Vec::new();
+    let mut channels = 64;
+    for (stage, (planes, count)) in [(64, 3), (128, 4), (256, 6), (512, 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let layer = p / format!("layer{}", stage + 1);
+        for i in 0..count {
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            blocks.push(Bottleneck::new(&layer / i, channels, planes, stride));
+            channels = planes * EXPANSION;
+        }
+    }
+    ResNet50 {
+        conv1: conv2d(p / "conv1", c_in, 64, 7, 2, 3, false),
+        bn1: batch_norm(p / "bn1", 64, 1e-5),
+        blocks,
+        fc: nn::linear(p / "fc", 512 * EXPANSION, num_classes, Default::default()),
+    }
+}
+
+impl ModuleT for ResNet50 {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu(); // [N, 64, H/2, W/2]
+        let mut out = out.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false); // [N, 64, H/4, W/4]
+        for block in &self.blocks {
+            out = block.forward_t(&out, train);
+        } // [N, 2048, H/32, W/32]
+        out.adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&self.fc) // [N, classes]
+    }
+}

@@ -1,0 +1,198 @@
+//! Models exported by PyTorch (`torch.jit.trace(...)` or `torch.jit.script(...)`,
+//! then `.save(path)`): how users bring pretrained weights, e.g. torchvision's
+//! Inception v3. The file says nothing reliable about its input, so the caller gives
+//! the input shape (from the dataset) and loading probes the model once to learn —
+//! and check — its number of classes.
+
+use std::path::{Path, PathBuf};
+
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use super::{Classifier, ModelError};
+
+/// Batch size of the probe forward at load: 2, so a model that confuses the batch
+/// dimension with something else is caught.
+const PROBE_BATCH: i64 = 2;
+
+/// A TorchScript module used as a classifier, always in evaluation mode and with its
+/// parameters frozen (`requires_grad = false`): gradients flow to the input only,
+/// which is all SIS needs, and backward passes skip the weight gradients.
+pub struct TorchScriptModel {
+    /// The loaded module; forward calls run its `forward` method.
+    module: CModule,
+    /// Where it was loaded from, for errors and descriptions.
+    path: PathBuf,
+    /// `[C, H, W]` given at load and checked on every forward.
+    input_shape: [i64; 3],
+    /// Learned from the probe forward at load.
+    num_classes: i64,
+    /// Where the module's parameters live.
+    device: Device,
+}
+
+impl std::fmt::Debug for TorchScriptModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// libtorch's messages carry a C++ backtrace after the first lines; a user needs the
+/// reason, not the stack.
+fn short_reason(err: &tch::TchError) -> String {
+    let text = err.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Exception raised from") && !l.starts_with("frame #")
+        })
+        .take(3)
+        .collect();
+    lines.join(" ")
+}
+
+impl TorchScriptModel {
+    /// Loads the TorchScript file at `path` onto `device`, switches it to evaluation
+    /// mode, freezes its parameters and probes it with a zero batch of
+    /// `[2, C, H, W]` (`input_shape = [C, H, W]`). The probe must return one tensor
+    /// `[2, K]`; `K` becomes [`Classifier::num_classes`].
+    pub fn load(
+        path: impl AsRef<Path>,
+        device: Device,
+        input_shape: [i64; 3],
+    ) -> Result<Self, ModelError> {
+        let path = path.as_ref().to_path_buf();
+        let load_err = |problem: String| ModelError::Load {
+            path: path.clone(),
+            problem,
+        };
+        if !path.is_file() {
+            return Err(load_err(
+                "no such file (expected a TorchScript model saved by torch.jit.save)".into(),
+            ));
+        }
+        if input_shape.iter().any(|&d| d < 1) {
+            return Err(load_err(format!(
+                "input shape {input_shape:?} must be positive [C, H, W]"
+            )));
+        }
+        let mut module = CModule::load_on_device(&path, device).map_err(|e| {
+            load_err(format!(
+                "not a loadable TorchScript model: {}",
+                short_reason(&e)
+            ))
+        })?;
+        module
+            .f_set_eval()
+            .map_err(|e| load_err(format!("cannot switch to eval mode: {}", short_reason(&e))))?;
+        let params = module
+            .named_parameters()
+            .map_err(|e| load_err(format!("cannot list parameters: {}", short_reason(&e))))?;
+        for (_, p) in params {
+            // Shares the module's TensorImpl, so this freezes the module's own parameter.
+            let _frozen = p.f_set_requires_grad(false)?;
+        }
+        let [c, h, w] = input_shape;
+        let probe = Tensor::f_zeros([PROBE_BATCH, c, h, w], (Kind::Float, device))?;
+        let out = tch::no_grad(|| module.forward_is(&[IValue::Tensor(probe)])).map_err(|e| {
+            load_err(format!(
+                "forward on a {:?} batch failed: {}",
+                [PROBE_BATCH, c, h, w],
+                short_reason(&e)
+            ))
+        })?;
+        let logits = match out {
+            IValue::Tensor(t) => t,
+            other => {
+                return Err(load_err(format!(
+                "forward returned {} instead of one logits tensor (export the model in eval mode, \
+                     without auxiliary outputs)",
+                ivalue_kind(&other)
+            )))
+            }
+        };
+        let size = logits.size();
+        if size.len() != 2 || size[0] != PROBE_BATCH || size[1] < 1 {
+            return Err(ModelError::OutputShape {
+                got: size,
+                expected: vec![PROBE_BATCH, -1],
+            });
+        }
+        Ok(Self {
+            module,
+            path,
+            input_shape,
+            num_classes: size[1],
+            device,
+        })
+    }
+
+    /// The module's parameters (shared with it, not copies), e.g. to check that they
+    /// are frozen.
+    pub fn named_parameters(&self) -> Result<Vec<(String, Tensor)>, ModelError> {
+        Ok(self.module.named_parameters()?)
+    }
+
+    /// The file the model came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn ivalue_kind(v: &IValue) -> &'static str {
+    match v {
+        IValue::None => "None",
+        IValue::Tuple(_) => "a tuple",
+        IValue::GenericList(_) | IValue::TensorList(_) => "a list",
+        IValue::GenericDict(_) => "a dict",
+        IValue::Object(_) => "an object",
+        _ => "a non-tensor value",
+    }
+}
+
+impl Classifier for TorchScriptModel {
+    /// Evaluation only: `train = true` is an error, since a TorchScript model here is
+    /// a fixed, pretrained function (fine-tuning it is out of scope).
+    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        if train {
+            return Err(ModelError::Invalid(format!(
+                "{}: TorchScript models are evaluation-only; train a native architecture instead",
+                self.path.display()
+            )));
+        }
+        super::native::check_input(xs, self.input_shape)?;
+        let logits = self.module.forward_ts(&[xs])?;
+        let size = logits.size();
+        if size.len() != 2 || size[0] != xs.size()[0] || size[1] != self.num_classes {
+            return Err(ModelError::OutputShape {
+                got: size,
+                expected: vec![xs.size()[0], self.num_classes],
+            });
+        }
+        Ok(logits)
+    }
+
+    fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    fn input_shape(&self) -> [i64; 3] {
+        self.input_shape
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Nothing to do: parameters were frozen at load.
+    fn freeze(&mut self) {}
+
+    fn describe(&self) -> String {
+        let [c, h, w] = self.input_shape;
+        format!(
+            "TorchScript {} ({} classes, {c}×{h}×{w} input)",
+            self.path.display(),
+            self.num_classes
+        )
+    }
+}
