@@ -33,12 +33,21 @@ pub struct ExecError {
 impl ExecError {
     /// An error with a message only.
     pub fn msg(message: impl Into<String>) -> Self {
-        Self { message: message.into(), source: None }
+        Self {
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// An error wrapping `source`, with `context` saying what was being done.
-    pub fn wrap(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self { message: format!("{}: {source}", context.into()), source: Some(Box::new(source)) }
+    pub fn wrap(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: format!("{}: {source}", context.into()),
+            source: Some(Box::new(source)),
+        }
     }
 }
 

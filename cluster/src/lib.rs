@@ -12,7 +12,9 @@
 //!   leader and worker drivers, status queries, shutdown, and [`net::run_local`].
 //! - [`exec`]: the [`Executor`] trait workers run.
 //! - [`sink`]: the [`ResultSink`] trait and [`sink::FileSink`], a generic durable sink.
+//! - [`collective`]: gradient all-reduce (TCP ring on CPU, NCCL on GPU) and the file rendezvous.
 
+pub mod collective;
 pub mod coord;
 pub mod exec;
 pub mod net;

@@ -81,7 +81,12 @@ impl Coord {
         let shard_size = config.shard_size.max(1);
         let n = config.num_images.div_ceil(shard_size);
         let mut shards: Vec<Shard> = (0..n)
-            .map(|s| Shard::new(s, s * shard_size..((s + 1) * shard_size).min(config.num_images)))
+            .map(|s| {
+                Shard::new(
+                    s,
+                    s * shard_size..((s + 1) * shard_size).min(config.num_images),
+                )
+            })
             .collect();
         let mut resumed = 0;
         for index in durable {
@@ -100,7 +105,10 @@ impl Coord {
             }
         }
         let mut coord = Self {
-            config: CoordConfig { shard_size, ..config },
+            config: CoordConfig {
+                shard_size,
+                ..config
+            },
             ever_leased: vec![false; shards.len()],
             shards,
             pending,
@@ -113,7 +121,10 @@ impl Coord {
             started: now,
             shard_time: (Duration::ZERO, 0),
             failed: false,
-            stats: CoordStats { resumed, ..CoordStats::default() },
+            stats: CoordStats {
+                resumed,
+                ..CoordStats::default()
+            },
         };
         if coord.is_complete() {
             coord.outputs.push_back(Output::Complete);
@@ -152,10 +163,13 @@ impl Coord {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let expiry = self.expiries.first().map(|&(t, _, _)| t);
-        let speculate = if self.pending.is_empty() && self.idle.iter().any(|w| self.is_waiting(*w)) {
+        let speculate = if self.pending.is_empty() && self.idle.iter().any(|w| self.is_waiting(*w))
+        {
             let threshold = self.speculation_threshold();
             threshold.and_then(|th| {
-                self.speculation_candidates(None).map(|(_, since)| since + th).min()
+                self.speculation_candidates(None)
+                    .map(|(_, since)| since + th)
+                    .min()
             })
         } else {
             None
@@ -185,15 +199,29 @@ impl Coord {
             return;
         }
         match input {
-            Input::Joined { worker, name, capacity } => {
+            Input::Joined {
+                worker,
+                name,
+                capacity,
+            } => {
                 tracing::info!(worker, %name, capacity, "worker joined");
                 self.stats.joins += 1;
                 self.workers.insert(
                     worker,
-                    Worker { name, joined: now, held: BTreeSet::new(), waiting: false, images_accepted: 0, shards_completed: 0 },
+                    Worker {
+                        name,
+                        joined: now,
+                        held: BTreeSet::new(),
+                        waiting: false,
+                        images_accepted: 0,
+                        shards_completed: 0,
+                    },
                 );
                 if self.is_complete() {
-                    self.outputs.push_back(Output::Send { worker, msg: ToWorker::JobComplete });
+                    self.outputs.push_back(Output::Send {
+                        worker,
+                        msg: ToWorker::JobComplete,
+                    });
                 }
             }
             Input::Disconnected { worker } => {
@@ -233,15 +261,27 @@ impl Coord {
                     self.renew(now, shard, worker);
                 }
             }
-            ToLeader::Result { shard_id, index, payload } => self.result(now, worker, shard_id, index, payload),
+            ToLeader::Result {
+                shard_id,
+                index,
+                payload,
+            } => self.result(now, worker, shard_id, index, payload),
             ToLeader::ShardDone { shard_id } => {
                 let Some(shard) = self.shards.get(shard_id as usize) else {
-                    return self.violation(worker, format!("ShardDone for unknown shard {shard_id}"));
+                    return self
+                        .violation(worker, format!("ShardDone for unknown shard {shard_id}"));
                 };
                 if shard.holders().iter().any(|l| l.worker == worker) {
                     // Still leased, so results are missing: the executor skipped images.
                     let missing = shard.missing().len();
-                    self.shard_failed(now, worker, shard_id, format!("worker reported shard {shard_id} done with {missing} results missing"));
+                    self.shard_failed(
+                        now,
+                        worker,
+                        shard_id,
+                        format!(
+                            "worker reported shard {shard_id} done with {missing} results missing"
+                        ),
+                    );
                 }
             }
             ToLeader::ShardFailed { shard_id, reason } => {
@@ -263,13 +303,23 @@ impl Coord {
         }
     }
 
-    fn result(&mut self, now: Instant, worker: WorkerId, shard_id: ShardId, index: u64, payload: Vec<u8>) {
+    fn result(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        shard_id: ShardId,
+        index: u64,
+        payload: Vec<u8>,
+    ) {
         let Some(shard) = self.shards.get_mut(shard_id as usize) else {
             return self.violation(worker, format!("result for unknown shard {shard_id}"));
         };
         if !shard.range.contains(&index) {
             let range = shard.range.clone();
-            return self.violation(worker, format!("result for image {index}, outside shard {shard_id} ({range:?})"));
+            return self.violation(
+                worker,
+                format!("result for image {index}, outside shard {shard_id} ({range:?})"),
+            );
         }
         if shard.state == ShardState::Done || !shard.accept(index) {
             self.stats.duplicates += 1;
@@ -280,7 +330,11 @@ impl Coord {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.images_accepted += 1;
         }
-        self.outputs.push_back(Output::Persist { shard_id, index, payload });
+        self.outputs.push_back(Output::Persist {
+            shard_id,
+            index,
+            payload,
+        });
         if self.shards[shard_id as usize].is_complete() {
             self.complete(now, shard_id, worker);
         } else {
@@ -319,19 +373,25 @@ impl Coord {
     }
 
     fn durable(&mut self, shard_id: ShardId) {
-        let Some(shard) = self.shards.get_mut(shard_id as usize) else { return };
+        let Some(shard) = self.shards.get_mut(shard_id as usize) else {
+            return;
+        };
         // Only a shard announced by `Sync` can become Done; anything else is ignored.
         if !matches!(shard.state, ShardState::Syncing { .. }) {
             return;
         }
-        let ShardState::Syncing { ack_to } = std::mem::replace(&mut shard.state, ShardState::Done) else {
+        let ShardState::Syncing { ack_to } = std::mem::replace(&mut shard.state, ShardState::Done)
+        else {
             return;
         };
         self.syncing -= 1;
         self.done += 1;
         for worker in ack_to {
             if self.workers.contains_key(&worker) {
-                self.outputs.push_back(Output::Send { worker, msg: ToWorker::Ack { shard_id } });
+                self.outputs.push_back(Output::Send {
+                    worker,
+                    msg: ToWorker::Ack { shard_id },
+                });
             }
         }
         if self.is_complete() {
@@ -339,7 +399,10 @@ impl Coord {
             let mut ids: Vec<WorkerId> = self.workers.keys().copied().collect();
             ids.sort_unstable();
             for worker in ids {
-                self.outputs.push_back(Output::Send { worker, msg: ToWorker::JobComplete });
+                self.outputs.push_back(Output::Send {
+                    worker,
+                    msg: ToWorker::JobComplete,
+                });
             }
             self.outputs.push_back(Output::Complete);
         }
@@ -353,7 +416,10 @@ impl Coord {
         if shard.failures >= self.config.max_shard_failures {
             self.failed = true;
             self.outputs.push_back(Output::Failed {
-                reason: format!("shard {shard_id} failed {} times; last error: {reason}", shard.failures),
+                reason: format!(
+                    "shard {shard_id} failed {} times; last error: {reason}",
+                    shard.failures
+                ),
             });
             return;
         }
@@ -370,7 +436,9 @@ impl Coord {
 
     /// Drops a worker and requeues the shards it held.
     fn forget(&mut self, worker: WorkerId) {
-        let Some(w) = self.workers.get(&worker) else { return };
+        let Some(w) = self.workers.get(&worker) else {
+            return;
+        };
         let held: Vec<ShardId> = w.held.iter().copied().collect();
         for shard in held {
             self.release(shard, worker);
@@ -398,7 +466,9 @@ impl Coord {
 
     fn renew(&mut self, now: Instant, shard_id: ShardId, worker: WorkerId) {
         let lease_len = self.config.lease;
-        let Some(shard) = self.shards.get_mut(shard_id as usize) else { return };
+        let Some(shard) = self.shards.get_mut(shard_id as usize) else {
+            return;
+        };
         if let ShardState::Leased { holders } = &mut shard.state {
             if let Some(lease) = holders.iter_mut().find(|l| l.worker == worker) {
                 self.expiries.remove(&(lease.until, shard_id, worker));
@@ -434,15 +504,26 @@ impl Coord {
     }
 
     fn lease(&mut self, now: Instant, shard_id: ShardId, worker: WorkerId) {
-        let lease = Lease { worker, until: now + self.config.lease, since: now };
+        let lease = Lease {
+            worker,
+            until: now + self.config.lease,
+            since: now,
+        };
         let shard = &mut self.shards[shard_id as usize];
         match &mut shard.state {
             ShardState::Leased { holders } => holders.push(lease),
-            state => *state = ShardState::Leased { holders: vec![lease] },
+            state => {
+                *state = ShardState::Leased {
+                    holders: vec![lease],
+                }
+            }
         }
         let indices = shard.missing();
         self.expiries.insert((lease.until, shard_id, worker));
-        let w = self.workers.get_mut(&worker).expect("waiting worker exists");
+        let w = self
+            .workers
+            .get_mut(&worker)
+            .expect("waiting worker exists");
         w.waiting = false;
         w.held.insert(shard_id);
         self.stats.assignments += 1;
@@ -450,7 +531,14 @@ impl Coord {
             self.stats.reassignments += 1;
         }
         let lease_ms = self.config.lease.as_millis() as u64;
-        self.outputs.push_back(Output::Send { worker, msg: ToWorker::Assign { shard_id, indices, lease_ms } });
+        self.outputs.push_back(Output::Send {
+            worker,
+            msg: ToWorker::Assign {
+                shard_id,
+                indices,
+                lease_ms,
+            },
+        });
     }
 
     /// The age a lease must reach before it may get a twin, if speculation is on.
@@ -462,7 +550,10 @@ impl Coord {
     }
 
     /// Singly-held leased shards not held by `except`, with their lease start.
-    fn speculation_candidates(&self, except: Option<WorkerId>) -> impl Iterator<Item = (ShardId, Instant)> + '_ {
+    fn speculation_candidates(
+        &self,
+        except: Option<WorkerId>,
+    ) -> impl Iterator<Item = (ShardId, Instant)> + '_ {
         self.shards.iter().filter_map(move |s| match s.holders() {
             [lease] if Some(lease.worker) != except => Some((s.id, lease.since)),
             _ => None,
@@ -490,7 +581,11 @@ impl Coord {
         }
         let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
         let images_done = self.stats.resumed + self.stats.accepted;
-        let rate = if elapsed > 0.0 { self.stats.accepted as f64 / elapsed } else { 0.0 };
+        let rate = if elapsed > 0.0 {
+            self.stats.accepted as f64 / elapsed
+        } else {
+            0.0
+        };
         let remaining = self.config.num_images - images_done;
         let eta_s = (rate > 0.0).then(|| remaining as f64 / rate);
         let mut workers: Vec<WorkerStatus> = self
@@ -503,7 +598,11 @@ impl Coord {
                     name: w.name.clone(),
                     images_accepted: w.images_accepted,
                     shards_completed: w.shards_completed,
-                    images_per_s: if age > 0.0 { w.images_accepted as f64 / age } else { 0.0 },
+                    images_per_s: if age > 0.0 {
+                        w.images_accepted as f64 / age
+                    } else {
+                        0.0
+                    },
                     leased: w.held.iter().copied().collect(),
                 }
             })

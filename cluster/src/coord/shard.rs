@@ -73,7 +73,14 @@ impl Shard {
     /// A pending shard with nothing accepted.
     pub fn new(id: ShardId, range: Range<u64>) -> Self {
         let len = (range.end - range.start) as usize;
-        Self { id, range, state: ShardState::Pending, accepted: vec![false; len], accepted_count: 0, failures: 0 }
+        Self {
+            id,
+            range,
+            state: ShardState::Pending,
+            accepted: vec![false; len],
+            accepted_count: 0,
+            failures: 0,
+        }
     }
 
     /// Number of images.
@@ -117,7 +124,10 @@ impl Shard {
 
     /// Indices still without a result, ascending: what an assignment carries.
     pub fn missing(&self) -> Vec<u64> {
-        self.range.clone().filter(|&i| !self.is_accepted(i)).collect()
+        self.range
+            .clone()
+            .filter(|&i| !self.is_accepted(i))
+            .collect()
     }
 
     /// Current holders (empty unless `Leased`).

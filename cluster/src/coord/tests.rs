@@ -23,9 +23,20 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(num_images: u64, shard_size: u64, speculate_after: Option<Duration>, durable: Vec<u64>) -> Self {
+    fn new(
+        num_images: u64,
+        shard_size: u64,
+        speculate_after: Option<Duration>,
+        durable: Vec<u64>,
+    ) -> Self {
         let now = Instant::now();
-        let config = CoordConfig { num_images, shard_size, lease: LEASE, speculate_after, max_shard_failures: 3 };
+        let config = CoordConfig {
+            num_images,
+            shard_size,
+            lease: LEASE,
+            speculate_after,
+            max_shard_failures: 3,
+        };
         let mut sim = Sim {
             coord: Coord::new(now, config, durable),
             now,
@@ -59,7 +70,11 @@ impl Sim {
     }
 
     fn join(&mut self, worker: WorkerId) {
-        self.input(Input::Joined { worker, name: format!("w{worker}"), capacity: 4 });
+        self.input(Input::Joined {
+            worker,
+            name: format!("w{worker}"),
+            capacity: 4,
+        });
     }
 
     fn msg(&mut self, worker: WorkerId, msg: ToLeader) {
@@ -75,13 +90,22 @@ impl Sim {
 
     fn assignment_since(&self, before: usize, worker: WorkerId) -> Option<(ShardId, Vec<u64>)> {
         self.sent[before..].iter().find_map(|(w, m)| match m {
-            ToWorker::Assign { shard_id, indices, .. } if *w == worker => Some((*shard_id, indices.clone())),
+            ToWorker::Assign {
+                shard_id, indices, ..
+            } if *w == worker => Some((*shard_id, indices.clone())),
             _ => None,
         })
     }
 
     fn result(&mut self, worker: WorkerId, shard_id: ShardId, index: u64) {
-        self.msg(worker, ToLeader::Result { shard_id, index, payload: index.to_le_bytes().to_vec() });
+        self.msg(
+            worker,
+            ToLeader::Result {
+                shard_id,
+                index,
+                payload: index.to_le_bytes().to_vec(),
+            },
+        );
     }
 
     fn run_shard(&mut self, worker: WorkerId, shard_id: ShardId, indices: &[u64]) {
@@ -134,7 +158,10 @@ fn pull_assignment_completes_a_job_and_acks_only_after_durability() {
     // All results in, but nothing durable yet: no Ack, shard is Syncing.
     assert!(sim.acks_to(1).is_empty());
     assert_eq!(sim.to_sync, vec![0]);
-    assert!(matches!(sim.coord.shards()[0].state, ShardState::Syncing { .. }));
+    assert!(matches!(
+        sim.coord.shards()[0].state,
+        ShardState::Syncing { .. }
+    ));
     // The fast worker pulls again and gets the last shard.
     assert_eq!(sim.request(1), Some((2, vec![8, 9])));
     sim.sync_all();
@@ -146,10 +173,16 @@ fn pull_assignment_completes_a_job_and_acks_only_after_durability() {
     assert!(sim.complete);
     assert_eq!(sim.acks_to(1), vec![0, 2]);
     assert_eq!(sim.acks_to(2), vec![1]);
-    assert!(sim.sent.iter().any(|(w, m)| *w == 2 && *m == ToWorker::JobComplete));
+    assert!(sim
+        .sent
+        .iter()
+        .any(|(w, m)| *w == 2 && *m == ToWorker::JobComplete));
     sim.assert_each_index_once(10);
     let st = sim.coord.status(sim.now);
-    assert_eq!((st.images_done, st.shards.done, st.shards.pending), (10, 3, 0));
+    assert_eq!(
+        (st.images_done, st.shards.done, st.shards.pending),
+        (10, 3, 0)
+    );
 }
 
 #[test]
@@ -250,7 +283,10 @@ fn idle_workers_speculate_on_slow_shards_and_the_first_copy_wins() {
     sim.sync_all();
     // Queue empty, worker 2 idle. Mean shard time is 1 s, so threshold = max(3 s, 2 s).
     assert_eq!(sim.request(2), None);
-    assert_eq!(sim.coord.poll_timeout(), Some(sim.now - Duration::from_secs(1) + spec));
+    assert_eq!(
+        sim.coord.poll_timeout(),
+        Some(sim.now - Duration::from_secs(1) + spec)
+    );
     let before = sim.sent.len();
     sim.advance(Duration::from_secs(2));
     assert_eq!(sim.assignment_since(before, 2), Some((0, vec![0, 1, 2, 3])));
@@ -286,7 +322,10 @@ fn resume_skips_durable_shards_and_images() {
     // Durable: shard 0 whole, image 6 of shard 1, all of shard 2; 99 is outside the job.
     let mut sim = Sim::new(10, 4, None, vec![0, 1, 2, 3, 6, 8, 9, 99]);
     let st = sim.coord.status(sim.now);
-    assert_eq!((st.images_resumed, st.shards.done, st.shards.pending), (7, 2, 1));
+    assert_eq!(
+        (st.images_resumed, st.shards.done, st.shards.pending),
+        (7, 2, 1)
+    );
     sim.join(1);
     assert_eq!(sim.request(1), Some((1, vec![4, 5, 7])));
     assert_eq!(sim.request(1), None);
@@ -314,7 +353,11 @@ fn protocol_violations_close_only_the_offender() {
     sim.result(1, 0, 5); // image 5 is in shard 1, not 0
     assert_eq!(sim.closed.len(), 1);
     assert_eq!(sim.closed[0].0, 1);
-    assert!(sim.closed[0].1.contains("outside shard 0"), "{}", sim.closed[0].1);
+    assert!(
+        sim.closed[0].1.contains("outside shard 0"),
+        "{}",
+        sim.closed[0].1
+    );
     sim.result(2, 99, 1);
     assert_eq!(sim.closed.len(), 2);
     // Both shards are back in the queue; a good worker finishes the job.
@@ -334,10 +377,19 @@ fn failing_shards_are_retried_then_fail_the_job() {
     sim.join(1);
     for attempt in 1..=3 {
         assert_eq!(sim.request(1).map(|a| a.0), Some(0), "attempt {attempt}");
-        sim.msg(1, ToLeader::ShardFailed { shard_id: 0, reason: "cannot read image 2".into() });
+        sim.msg(
+            1,
+            ToLeader::ShardFailed {
+                shard_id: 0,
+                reason: "cannot read image 2".into(),
+            },
+        );
     }
     let reason = sim.failed.clone().expect("job failed");
-    assert!(reason.contains("shard 0 failed 3 times") && reason.contains("image 2"), "{reason}");
+    assert!(
+        reason.contains("shard 0 failed 3 times") && reason.contains("image 2"),
+        "{reason}"
+    );
     // A "done" with results missing is a failure too.
     let mut sim = Sim::new(4, 4, None, vec![]);
     sim.join(1);

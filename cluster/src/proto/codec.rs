@@ -74,7 +74,10 @@ pub fn encode_frame<M: Serialize>(msg: &M, dst: &mut Vec<u8>) -> Result<(), Enco
         }
         Ok(len) => {
             dst.truncate(start);
-            Err(EncodeError::TooLarge { len, max: MAX_FRAME_LEN })
+            Err(EncodeError::TooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            })
         }
         Err(e) => {
             dst.truncate(start);
@@ -91,7 +94,10 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     };
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len > MAX_FRAME_LEN {
-        return Err(DecodeError::TooLarge { len, max: MAX_FRAME_LEN });
+        return Err(DecodeError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     Ok(Some(HEADER_LEN + len))
 }
@@ -107,10 +113,15 @@ pub fn decode_frame<M: DeserializeOwned>(buf: &[u8]) -> Result<Option<(M, usize)
         return Ok(None);
     };
     let (msg, used) = bincode::serde::decode_from_slice::<M, _>(body, config()).map_err(|e| {
-        DecodeError::Malformed { len: body.len(), detail: e.to_string() }
+        DecodeError::Malformed {
+            len: body.len(),
+            detail: e.to_string(),
+        }
     })?;
     if used != body.len() {
-        return Err(DecodeError::TrailingBytes { trailing: body.len() - used });
+        return Err(DecodeError::TrailingBytes {
+            trailing: body.len() - used,
+        });
     }
     Ok(Some((msg, total)))
 }
@@ -139,7 +150,11 @@ mod tests {
 
     #[test]
     fn roundtrip_and_partial_frames_are_none() {
-        let msg = ToLeader::Result { shard_id: 7, index: 123_456, payload: vec![1, 2, 3, 250] };
+        let msg = ToLeader::Result {
+            shard_id: 7,
+            index: 123_456,
+            payload: vec![1, 2, 3, 250],
+        };
         let buf = frame_of(&msg);
         // Header says body length; the body is bincode's varint encoding:
         // variant 3 (1 byte), shard 7 (1), index 123456 (0xFC + u32 = 5), len 4 (1), 4 bytes.
@@ -158,7 +173,10 @@ mod tests {
         buf.extend(frame_of(&ToLeader::RequestShard));
         let (a, n): (ToLeader, usize) = decode_frame(&buf).unwrap().unwrap();
         let (b, m): (ToLeader, usize) = decode_frame(&buf[n..]).unwrap().unwrap();
-        assert_eq!((a, b, n + m), (ToLeader::Heartbeat, ToLeader::RequestShard, buf.len()));
+        assert_eq!(
+            (a, b, n + m),
+            (ToLeader::Heartbeat, ToLeader::RequestShard, buf.len())
+        );
     }
 
     #[test]
@@ -172,7 +190,10 @@ mod tests {
     fn garbage_body_is_malformed_and_trailing_bytes_are_refused() {
         // Variant 200 does not exist.
         let buf = [0, 0, 0, 1, 200];
-        assert!(matches!(decode_frame::<ToLeader>(&buf), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode_frame::<ToLeader>(&buf),
+            Err(DecodeError::Malformed { .. })
+        ));
         // Heartbeat (variant 6) followed by one stray byte.
         let buf = [0, 0, 0, 2, 6, 0];
         assert!(matches!(
@@ -201,9 +222,16 @@ mod tests {
 
     #[test]
     fn encode_refuses_messages_over_the_bound() {
-        let msg = ToLeader::Result { shard_id: 0, index: 0, payload: vec![0; MAX_FRAME_LEN] };
+        let msg = ToLeader::Result {
+            shard_id: 0,
+            index: 0,
+            payload: vec![0; MAX_FRAME_LEN],
+        };
         let mut buf = vec![42];
-        assert!(matches!(encode_frame(&msg, &mut buf), Err(EncodeError::TooLarge { .. })));
+        assert!(matches!(
+            encode_frame(&msg, &mut buf),
+            Err(EncodeError::TooLarge { .. })
+        ));
         assert_eq!(buf, vec![42]);
     }
 

@@ -12,7 +12,9 @@
 pub mod codec;
 pub mod msg;
 
-pub use codec::{decode_frame, encode_frame, peek_version, DecodeError, EncodeError, MAX_FRAME_LEN};
+pub use codec::{
+    decode_frame, encode_frame, peek_version, DecodeError, EncodeError, MAX_FRAME_LEN,
+};
 pub use msg::{JobStatus, ShardCounts, ShardId, ToLeader, ToWorker, WorkerId, WorkerStatus};
 
 /// Version of the message set in [`msg`]. Bump it on any change to the enums: the

@@ -16,6 +16,8 @@ use super::{ResultSink, SinkError};
 
 const MAGIC: &[u8; 8] = b"OVRSINK1";
 const RECORD_HEADER: u64 = 16;
+/// Index → (payload offset, payload length).
+type RecordMap = HashMap<u64, (u64, u32)>;
 /// Largest payload accepted: a record length above this in the file is corruption.
 const MAX_PAYLOAD: u32 = crate::proto::MAX_FRAME_LEN as u32;
 
@@ -47,7 +49,9 @@ pub enum FileSinkError {
         offset: u64,
     },
     /// A payload larger than the sink accepts.
-    #[error("{path}: payload of {len} bytes for image {index} exceeds the {MAX_PAYLOAD}-byte limit")]
+    #[error(
+        "{path}: payload of {len} bytes for image {index} exceeds the {MAX_PAYLOAD}-byte limit"
+    )]
     TooLarge {
         /// The file.
         path: PathBuf,
@@ -66,7 +70,7 @@ pub struct FileSink {
     /// Buffered appender; flushed and fsynced by `sync`.
     writer: BufWriter<File>,
     /// Index → (payload offset, payload length), for dedup and lookup.
-    records: HashMap<u64, (u64, u32)>,
+    records: RecordMap,
     /// File length including buffered bytes: where the next record goes.
     end: u64,
     /// Bytes of a torn tail dropped on open (for the report and tests).
@@ -95,11 +99,19 @@ impl FileSink {
             file.write_all(MAGIC).map_err(io("write magic"))?;
             file.sync_all().map_err(io("fsync"))?;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory"))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("fsync directory"))?;
             }
             let writer = BufWriter::with_capacity(1 << 20, file);
             let end = MAGIC.len() as u64;
-            return Ok(Self { path, writer, records: HashMap::new(), end, dropped_tail: 0 });
+            return Ok(Self {
+                path,
+                writer,
+                records: HashMap::new(),
+                end,
+                dropped_tail: 0,
+            });
         }
         let (records, good_end) = scan(&path, &file, len)?;
         let dropped_tail = len - good_end;
@@ -110,7 +122,13 @@ impl FileSink {
         }
         file.seek(SeekFrom::Start(good_end)).map_err(io("seek"))?;
         let writer = BufWriter::with_capacity(1 << 20, file);
-        Ok(Self { path, writer, records, end: good_end, dropped_tail })
+        Ok(Self {
+            path,
+            writer,
+            records,
+            end: good_end,
+            dropped_tail,
+        })
     }
 
     /// The sink file.
@@ -145,12 +163,20 @@ impl FileSink {
         let Some(&(offset, len)) = self.records.get(&index) else {
             return Ok(None);
         };
-        self.writer.flush().map_err(|source| FileSinkError::Io { path: self.path.clone(), what: "flush", source })?;
+        self.writer.flush().map_err(|source| FileSinkError::Io {
+            path: self.path.clone(),
+            what: "flush",
+            source,
+        })?;
         let mut buf = vec![0; len as usize];
         self.writer
             .get_ref()
             .read_exact_at(&mut buf, offset)
-            .map_err(|source| FileSinkError::Io { path: self.path.clone(), what: "read record", source })?;
+            .map_err(|source| FileSinkError::Io {
+                path: self.path.clone(),
+                what: "read record",
+                source,
+            })?;
         Ok(Some(buf))
     }
 
@@ -161,19 +187,29 @@ impl FileSink {
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|&l| l <= MAX_PAYLOAD)
-            .ok_or_else(|| FileSinkError::TooLarge { path: self.path.clone(), index, len: payload.len() })?;
+            .ok_or_else(|| FileSinkError::TooLarge {
+                path: self.path.clone(),
+                index,
+                len: payload.len(),
+            })?;
         let mut header = [0u8; RECORD_HEADER as usize];
         header[..8].copy_from_slice(&index.to_le_bytes());
         header[8..12].copy_from_slice(&len.to_le_bytes());
         let crc = checksum(&header[..12], payload);
         header[12..].copy_from_slice(&crc.to_le_bytes());
-        let io = |source| FileSinkError::Io { path: self.path.clone(), what: "append", source };
-        self.writer.write_all(&header).map_err(io)?;
-        self.writer.write_all(payload).map_err(|source| FileSinkError::Io {
+        let io = |source| FileSinkError::Io {
             path: self.path.clone(),
             what: "append",
             source,
-        })?;
+        };
+        self.writer.write_all(&header).map_err(io)?;
+        self.writer
+            .write_all(payload)
+            .map_err(|source| FileSinkError::Io {
+                path: self.path.clone(),
+                what: "append",
+                source,
+            })?;
         self.records.insert(index, (self.end + RECORD_HEADER, len));
         self.end += RECORD_HEADER + u64::from(len);
         Ok(true)
@@ -197,14 +233,20 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
 }
 
 /// Reads every whole record; returns the index map and the end of the last good one.
-fn scan(path: &Path, file: &File, len: u64) -> Result<(HashMap<u64, (u64, u32)>, u64), FileSinkError> {
-    let io = |source| FileSinkError::Io { path: path.to_path_buf(), what: "read", source };
+fn scan(path: &Path, file: &File, len: u64) -> Result<(RecordMap, u64), FileSinkError> {
+    let io = |source| FileSinkError::Io {
+        path: path.to_path_buf(),
+        what: "read",
+        source,
+    };
     let mut reader = BufReader::with_capacity(1 << 20, file.try_clone().map_err(io)?);
     reader.seek(SeekFrom::Start(0)).map_err(io)?;
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic).map_err(io)?;
     if &magic != MAGIC {
-        return Err(FileSinkError::BadMagic { path: path.to_path_buf() });
+        return Err(FileSinkError::BadMagic {
+            path: path.to_path_buf(),
+        });
     }
     let mut records = HashMap::new();
     let mut pos = MAGIC.len() as u64;
@@ -225,7 +267,10 @@ fn scan(path: &Path, file: &File, len: u64) -> Result<(HashMap<u64, (u64, u32)>,
             return Ok((records, pos));
         }
         if plen > MAX_PAYLOAD {
-            return Err(FileSinkError::Corrupt { path: path.to_path_buf(), offset: pos });
+            return Err(FileSinkError::Corrupt {
+                path: path.to_path_buf(),
+                offset: pos,
+            });
         }
         payload.resize(plen as usize, 0);
         reader.read_exact(&mut payload).map_err(io)?;
@@ -233,7 +278,10 @@ fn scan(path: &Path, file: &File, len: u64) -> Result<(HashMap<u64, (u64, u32)>,
             if end == len {
                 return Ok((records, pos)); // torn: length written, payload not
             }
-            return Err(FileSinkError::Corrupt { path: path.to_path_buf(), offset: pos });
+            return Err(FileSinkError::Corrupt {
+                path: path.to_path_buf(),
+                offset: pos,
+            });
         }
         records.entry(index).or_insert((pos + RECORD_HEADER, plen));
         pos = end;
@@ -246,11 +294,13 @@ impl ResultSink for FileSink {
     }
 
     fn append(&mut self, index: u64, payload: &[u8]) -> Result<bool, SinkError> {
-        self.append_record(index, payload).map_err(|e| SinkError::new("file sink append", e))
+        self.append_record(index, payload)
+            .map_err(|e| SinkError::new("file sink append", e))
     }
 
     fn sync(&mut self) -> Result<(), SinkError> {
-        self.sync_file().map_err(|e| SinkError::new("file sink sync", e))
+        self.sync_file()
+            .map_err(|e| SinkError::new("file sink sync", e))
     }
 }
 
@@ -259,7 +309,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_survive_reopen_and_duplicates_are_ignored() -> Result<(), Box<dyn std::error::Error>> {
+    fn records_survive_reopen_and_duplicates_are_ignored() -> Result<(), Box<dyn std::error::Error>>
+    {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("results.bin");
         let mut sink = FileSink::open(&path)?;
@@ -310,7 +361,8 @@ mod tests {
     }
 
     #[test]
-    fn corruption_before_the_end_is_an_error_naming_the_file() -> Result<(), Box<dyn std::error::Error>> {
+    fn corruption_before_the_end_is_an_error_naming_the_file(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("r.bin");
         let mut sink = FileSink::open(&path)?;
@@ -322,10 +374,16 @@ mod tests {
         f.write_all_at(b"X", 8 + 16)?; // first payload byte
         drop(f);
         let err = FileSink::open(&path).unwrap_err();
-        assert!(matches!(err, FileSinkError::Corrupt { offset: 8, .. }), "{err}");
+        assert!(
+            matches!(err, FileSinkError::Corrupt { offset: 8, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("r.bin"));
         std::fs::write(&path, b"NOTASINKFILE")?;
-        assert!(matches!(FileSink::open(&path), Err(FileSinkError::BadMagic { .. })));
+        assert!(matches!(
+            FileSink::open(&path),
+            Err(FileSinkError::BadMagic { .. })
+        ));
         Ok(())
     }
 }

@@ -19,8 +19,14 @@ pub struct SinkError {
 
 impl SinkError {
     /// Wraps `source` with `context`.
-    pub fn new(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self { context: context.into(), source: Box::new(source) }
+    pub fn new(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            context: context.into(),
+            source: Box::new(source),
+        }
     }
 }
 

@@ -1,0 +1,430 @@
+//! The worker driver: connect (pinning the job certificate), say `Hello` with the
+//! secret, then pull shards and run the [`Executor`] on a dedicated thread, streaming
+//! each result as it is emitted.
+//!
+//! Threads and queues: the executor thread sends results straight into the bounded
+//! writer queue (`blocking_send`), so a slow leader blocks `emit` — that is the
+//! backpressure — and reports the end of each shard to the async loop afterwards,
+//! which keeps `ShardDone` behind the shard's results on the wire.
+//!
+//! Shutdown (SIGTERM): the loop sets the shard's stop flag; the executor finishes its
+//! mini-batch and returns; the worker sends `Leaving{returned}` and closes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::frames::{finish, write_frame, FrameReader};
+use super::tls::{read_leader_addr, transport, ClientCredentials, SERVER_NAME};
+use super::{NetError, Shutdown};
+use crate::exec::{EmitError, Executor};
+use crate::proto::{ShardId, ToLeader, ToWorker, PROTOCOL_VERSION};
+
+/// How to run a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Leader address; `None` reads `leader.addr` from the job directory.
+    pub leader_addr: Option<SocketAddr>,
+    /// Job directory holding `cert.der` (pinned) and `secret` (unless
+    /// `OVERINTERP_SECRET` is set).
+    pub job_dir: PathBuf,
+    /// Name shown in status and logs (host name, Slurm task id).
+    pub name: String,
+    /// Mini-batch size reported to the leader (informational).
+    pub capacity: u32,
+    /// Time allowed to connect and be welcomed.
+    pub connect_timeout: Duration,
+    /// QUIC idle timeout (should match the leader's).
+    pub idle_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults: address from `leader.addr`, capacity 32, 10 s connect, 20 s idle.
+    pub fn new(job_dir: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        Self {
+            leader_addr: None,
+            job_dir: job_dir.into(),
+            name: name.into(),
+            capacity: 32,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why a worker stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum WorkerOutcome {
+    /// The leader said the job is complete.
+    JobComplete,
+    /// Shutdown was triggered and the worker drained.
+    Drained,
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerReport {
+    /// Id the leader gave it.
+    pub worker_id: u64,
+    /// Shards it ran to the end.
+    pub shards_finished: u64,
+    /// Shards acknowledged durable by the leader.
+    pub shards_acked: u64,
+    /// Results it emitted.
+    pub images_emitted: u64,
+    /// Why it stopped.
+    pub outcome: WorkerOutcome,
+}
+
+/// A shard run handed to the executor thread.
+struct Run {
+    shard_id: ShardId,
+    indices: Vec<u64>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The executor thread's report on one shard.
+struct Finished {
+    shard_id: ShardId,
+    /// Images emitted out of those assigned.
+    emitted: usize,
+    assigned: usize,
+    outcome: Result<(), String>,
+    panicked: bool,
+}
+
+/// Connects to the leader, runs shards until the job completes or `shutdown` fires.
+pub async fn run_worker<E: Executor>(
+    config: WorkerConfig,
+    executor: E,
+    shutdown: Shutdown,
+) -> Result<WorkerReport, NetError> {
+    let span = tracing::info_span!("worker", name = %config.name);
+    run_worker_inner(config, executor, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_worker_inner<E: Executor>(
+    config: WorkerConfig,
+    executor: E,
+    mut shutdown: Shutdown,
+) -> Result<WorkerReport, NetError> {
+    let creds = ClientCredentials::load(&config.job_dir)?;
+    let addr = match config.leader_addr {
+        Some(a) => a,
+        None => read_leader_addr(&config.job_dir)?,
+    };
+    let (endpoint, conn, mut send, recv) =
+        connect(addr, &creds, config.idle_timeout, config.connect_timeout).await?;
+    let peer = addr;
+    let mut scratch = Vec::new();
+    let hello = ToLeader::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        secret: creds.secret.clone(),
+        worker_name: config.name.clone(),
+        capacity: config.capacity,
+    };
+    write_frame(&mut send, &hello, &mut scratch, peer).await?;
+    let mut reader = FrameReader::new(recv, peer);
+    let welcome = tokio::time::timeout(config.connect_timeout, reader.read::<ToWorker>())
+        .await
+        .map_err(|_| NetError::Timeout {
+            peer,
+            what: "Welcome",
+            secs: config.connect_timeout.as_secs_f64(),
+        })??;
+    let (worker_id, job_spec, lease_ms) = match welcome {
+        Some(ToWorker::Welcome {
+            worker_id,
+            job_spec,
+            lease_ms,
+        }) => (worker_id, job_spec, lease_ms),
+        Some(ToWorker::Reject { reason }) => return Err(NetError::Refused { peer, reason }),
+        Some(other) => {
+            return Err(NetError::Protocol {
+                peer,
+                detail: format!("expected Welcome, got {other:?}"),
+            })
+        }
+        None => {
+            return Err(NetError::Refused {
+                peer,
+                reason: "connection closed during the handshake".into(),
+            })
+        }
+    };
+    tracing::info!(worker_id, %peer, "joined the job");
+
+    // Writer task: the only owner of the send stream.
+    let (out_tx, mut out_rx) = mpsc::channel::<ToLeader>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            write_frame(&mut send, &msg, &mut scratch, peer).await?;
+        }
+        finish(&mut send, Duration::from_secs(5)).await;
+        Ok::<(), NetError>(())
+    });
+
+    // Executor thread.
+    let (run_tx, run_rx) = std::sync::mpsc::channel::<Run>();
+    let (fin_tx, mut fin_rx) = mpsc::unbounded_channel::<Finished>();
+    let exec_out = out_tx.clone();
+    let exec_thread = std::thread::Builder::new()
+        .name(format!("executor-{worker_id}"))
+        .spawn(move || executor_loop(executor, job_spec, run_rx, exec_out, fin_tx))
+        .map_err(|e| NetError::Tls(format!("cannot start the executor thread: {e}")))?;
+
+    let heartbeat_every = Duration::from_millis((lease_ms / 3).max(10));
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report = WorkerReport {
+        worker_id,
+        shards_finished: 0,
+        shards_acked: 0,
+        images_emitted: 0,
+        outcome: WorkerOutcome::JobComplete,
+    };
+    let mut current: Option<(ShardId, Arc<AtomicBool>)> = None;
+    let mut draining = false;
+    let mut cancelled = false;
+    let send = |msg: ToLeader| {
+        let tx = out_tx.clone();
+        async move {
+            tx.send(msg).await.map_err(|_| NetError::ConnectionLost {
+                peer,
+                detail: "writer stopped".into(),
+            })
+        }
+    };
+    send(ToLeader::RequestShard).await?;
+    let result: Result<(), NetError> = loop {
+        tokio::select! {
+            _ = shutdown.recv(), if !draining => {
+                draining = true;
+                report.outcome = WorkerOutcome::Drained;
+                tracing::info!("shutdown: finishing the current mini-batch, then leaving");
+                match &current {
+                    Some((_, stop)) => stop.store(true, Ordering::SeqCst),
+                    None => {
+                        send(ToLeader::Leaving { returned: None }).await?;
+                        break Ok(());
+                    }
+                }
+            }
+            fin = fin_rx.recv() => {
+                let Some(fin) = fin else {
+                    break Err(NetError::ExecutorPanicked { shard: current.as_ref().map_or(0, |c| c.0), message: "executor thread exited".into() });
+                };
+                current = None;
+                report.images_emitted += fin.emitted as u64;
+                if fin.panicked {
+                    let _ = send(ToLeader::ShardFailed { shard_id: fin.shard_id, reason: fin.outcome.clone().err().unwrap_or_default() }).await;
+                    break Err(NetError::ExecutorPanicked { shard: fin.shard_id, message: fin.outcome.err().unwrap_or_default() });
+                }
+                let whole = fin.emitted >= fin.assigned;
+                match fin.outcome {
+                    Err(reason) => send(ToLeader::ShardFailed { shard_id: fin.shard_id, reason }).await?,
+                    Ok(()) if whole => {
+                        report.shards_finished += 1;
+                        send(ToLeader::ShardDone { shard_id: fin.shard_id }).await?;
+                    }
+                    Ok(()) if draining && !cancelled => {
+                        send(ToLeader::Leaving { returned: Some(fin.shard_id) }).await?;
+                        break Ok(());
+                    }
+                    Ok(()) => {} // cancelled: a twin finished the shard first
+                }
+                cancelled = false;
+                if draining {
+                    send(ToLeader::Leaving { returned: None }).await?;
+                    break Ok(());
+                }
+                send(ToLeader::RequestShard).await?;
+            }
+            frame = reader.read::<ToWorker>() => match frame {
+                Ok(Some(ToWorker::Assign { shard_id, indices, .. })) => {
+                    if draining {
+                        send(ToLeader::Leaving { returned: Some(shard_id) }).await?;
+                        break Ok(());
+                    }
+                    tracing::debug!(shard_id, images = indices.len(), "assigned");
+                    let stop = Arc::new(AtomicBool::new(false));
+                    current = Some((shard_id, stop.clone()));
+                    if run_tx.send(Run { shard_id, indices, stop }).is_err() {
+                        break Err(NetError::ExecutorPanicked { shard: shard_id, message: "executor thread exited".into() });
+                    }
+                }
+                Ok(Some(ToWorker::Ack { shard_id })) => {
+                    report.shards_acked += 1;
+                    if let Some((s, stop)) = &current {
+                        if *s == shard_id {
+                            cancelled = true;
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                Ok(Some(ToWorker::JobComplete)) => {
+                    tracing::info!("job complete");
+                    if let Some((_, stop)) = &current { stop.store(true, Ordering::SeqCst); }
+                    report.outcome = WorkerOutcome::JobComplete;
+                    break Ok(());
+                }
+                Ok(Some(ToWorker::Reject { reason })) => break Err(NetError::Refused { peer, reason }),
+                Ok(Some(other)) => break Err(NetError::Protocol { peer, detail: format!("unexpected {other:?}") }),
+                Ok(None) => break Err(NetError::ConnectionLost { peer, detail: "leader closed the stream".into() }),
+                Err(e) => break Err(e),
+            },
+            _ = heartbeat.tick() => {
+                // Skip when the queue is full: results are flowing and renew the lease.
+                let _ = out_tx.try_send(ToLeader::Heartbeat);
+            }
+        }
+    };
+
+    // Tear down: stop the executor, flush the writer, close.
+    if let Some((_, stop)) = &current {
+        stop.store(true, Ordering::SeqCst);
+    }
+    drop(run_tx);
+    drop(out_tx);
+    // The executor may be blocked in `emit` on a full queue; keep draining until it exits.
+    let joined = tokio::task::spawn_blocking(move || exec_thread.join());
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    conn.close(0u32.into(), b"worker leaving");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), joined).await;
+    result.map(|()| report)
+}
+
+async fn connect(
+    addr: SocketAddr,
+    creds: &ClientCredentials,
+    idle_timeout: Duration,
+    timeout: Duration,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+    NetError,
+> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .expect("literal address");
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| NetError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(creds.client_config(transport(idle_timeout)?)?);
+    let connect_err = |detail: String| NetError::Connect { addr, detail };
+    let connecting = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| connect_err(e.to_string()))?;
+    let conn = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| connect_err(format!("no answer within {:.1} s", timeout.as_secs_f64())))?
+        .map_err(|e| connect_err(format!("{e} (is cert.der from this job's directory?)")))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    Ok((endpoint, conn, send, recv))
+}
+
+/// Opens an authenticated connection and exchanges one status query.
+pub(crate) async fn status_exchange(
+    addr: SocketAddr,
+    creds: &ClientCredentials,
+    timeout: Duration,
+) -> Result<crate::proto::JobStatus, NetError> {
+    let (endpoint, conn, mut send, recv) = connect(addr, creds, timeout * 2, timeout).await?;
+    let mut scratch = Vec::new();
+    let query = ToLeader::StatusQuery {
+        protocol_version: PROTOCOL_VERSION,
+        secret: creds.secret.clone(),
+    };
+    write_frame(&mut send, &query, &mut scratch, addr).await?;
+    let mut reader = FrameReader::new(recv, addr);
+    let reply = tokio::time::timeout(timeout, reader.read::<ToWorker>())
+        .await
+        .map_err(|_| NetError::Timeout {
+            peer: addr,
+            what: "the status reply",
+            secs: timeout.as_secs_f64(),
+        })??;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    match reply {
+        Some(ToWorker::Status(s)) => Ok(s),
+        Some(ToWorker::Reject { reason }) => Err(NetError::Refused { peer: addr, reason }),
+        other => Err(NetError::Protocol {
+            peer: addr,
+            detail: format!("expected Status, got {other:?}"),
+        }),
+    }
+}
+
+fn executor_loop<E: Executor>(
+    mut executor: E,
+    job_spec: String,
+    runs: std::sync::mpsc::Receiver<Run>,
+    out: mpsc::Sender<ToLeader>,
+    finished: mpsc::UnboundedSender<Finished>,
+) {
+    for Run {
+        shard_id,
+        indices,
+        stop,
+    } in runs
+    {
+        let mut emitted = 0usize;
+        let mut emit = |index: u64, payload: Vec<u8>| -> Result<(), EmitError> {
+            if indices.binary_search(&index).is_err() {
+                return Err(EmitError::NotAssigned { index });
+            }
+            out.blocking_send(ToLeader::Result {
+                shard_id,
+                index,
+                payload,
+            })
+            .map_err(|_| EmitError::Disconnected)?;
+            emitted += 1;
+            Ok(())
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            executor.run(&job_spec, &indices, &mut emit, &stop)
+        }));
+        let (outcome, panicked) = match run {
+            Ok(Ok(())) => (Ok(()), false),
+            Ok(Err(e)) => (Err(e.to_string()), false),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                (Err(format!("executor panicked: {msg}")), true)
+            }
+        };
+        let fin = Finished {
+            shard_id,
+            emitted,
+            assigned: indices.len(),
+            outcome,
+            panicked,
+        };
+        if finished.send(fin).is_err() || panicked {
+            return;
+        }
+    }
+}

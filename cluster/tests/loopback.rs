@@ -1,0 +1,454 @@
+//! Real QUIC over 127.0.0.1 with the FileSink: whole jobs, lost workers, refused
+//! peers, leader restarts. Every wait is bounded (see `common::WAIT`).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use overinterp_cluster::net::{
+    query_status, run_local, run_worker, Leader, ShutdownHandle, WorkerConfig, WorkerOutcome,
+};
+use overinterp_cluster::proto::{ToLeader, ToWorker, PROTOCOL_VERSION};
+use overinterp_cluster::sink::FileSink;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Opens the sink and checks it holds exactly `0..n`, each with its own payload.
+fn assert_store_complete(path: &std::path::Path, n: u64, payload_len: usize) -> TestResult {
+    let mut sink = FileSink::open(path)?;
+    assert_eq!(sink.indices(), (0..n).collect::<Vec<_>>());
+    for i in 0..n {
+        assert_eq!(
+            sink.get(i)?,
+            Some(payload(i, payload_len)),
+            "payload of image {i}"
+        );
+    }
+    // The file holds one record per image, no duplicates: magic + n * (16 + 8 + len).
+    let expected = 8 + n * (16 + 8 + payload_len as u64);
+    assert_eq!(std::fs::metadata(path)?.len(), expected);
+    Ok(())
+}
+
+fn worker_config(dir: &std::path::Path, name: &str, addr: std::net::SocketAddr) -> WorkerConfig {
+    let mut wc = WorkerConfig::new(dir, name);
+    wc.leader_addr = Some(addr);
+    wc.idle_timeout = Duration::from_secs(5);
+    wc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_local_workers_store_each_index_exactly_once() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let config = leader_config(dir.path(), 203, 8);
+    let execs: Vec<Synth> = (0..4).map(|_| Synth::new(4, Duration::ZERO)).collect();
+    let seen: Vec<_> = execs.iter().map(|e| e.seen.clone()).collect();
+    let report = tokio::time::timeout(
+        WAIT,
+        run_local(
+            config,
+            FileSink::open(&store)?,
+            4,
+            |i| execs[i].clone(),
+            ShutdownHandle::new(),
+        ),
+    )
+    .await??;
+    assert_eq!(report.job.stats.accepted, 203);
+    assert_eq!(report.job.status.shards.done, 26); // ceil(203 / 8)
+    assert_eq!(report.job.stats.duplicates, 0);
+    for w in &report.workers {
+        assert_eq!(
+            w.as_ref().map(|r| r.outcome),
+            Ok(WorkerOutcome::JobComplete)
+        );
+    }
+    // Work was spread: every image run exactly once across the workers.
+    let mut all: Vec<u64> = seen
+        .iter()
+        .flat_map(|s| s.lock().expect("lock").clone())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..203).collect::<Vec<_>>());
+    assert_store_complete(&store, 203, 56)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dropped_mid_shard_has_its_shard_reassigned() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let leader = Leader::bind(leader_config(dir.path(), 40, 10), FileSink::open(&store)?)?;
+    let addr = leader.local_addr();
+    let leader_task = tokio::spawn(leader.run());
+
+    // Worker A emits 3 images of its first shard, then hangs; we then kill it (abort
+    // drops its connection, as a kill -9 closes the socket).
+    let mut doomed = Synth::new(1, Duration::ZERO);
+    let hang = Arc::new((AtomicUsize::new(3), AtomicBool::new(false)));
+    doomed.hang_after = Some(hang.clone());
+    let a = tokio::spawn(run_worker(
+        worker_config(dir.path(), "doomed", addr),
+        doomed,
+        ShutdownHandle::new().subscribe(),
+    ));
+    wait_until("worker A to hang mid-shard", || {
+        hang.1.load(Ordering::SeqCst)
+    })
+    .await;
+    a.abort();
+
+    let good = Synth::new(4, Duration::ZERO);
+    let seen = good.seen.clone();
+    let b = run_worker(
+        worker_config(dir.path(), "good", addr),
+        good,
+        ShutdownHandle::new().subscribe(),
+    );
+    let wr = tokio::time::timeout(WAIT, b).await??;
+    assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
+    let report = tokio::time::timeout(WAIT, leader_task).await???;
+    assert_eq!(report.stats.accepted, 40);
+    assert!(report.stats.reassignments >= 1, "{:?}", report.stats);
+    // Worker B never redid the three images A delivered.
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 37, "B ran {seen:?}");
+    assert_store_complete(&store, 40, 56)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_loses_its_lease_and_its_late_results_count_once() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let mut config = leader_config(dir.path(), 20, 10);
+    config.lease = Duration::from_millis(500);
+    let leader = Leader::bind(config, FileSink::open(&store)?)?;
+    let addr = leader.local_addr();
+    let status = leader.status_handle();
+    let leader_task = tokio::spawn(leader.run());
+    let cert = std::fs::read(dir.path().join("cert.der"))?;
+    let secret = std::fs::read_to_string(dir.path().join("secret"))?
+        .trim()
+        .to_string();
+
+    // A hand-driven worker takes shard 0, sends image 0, then goes silent (no heartbeats:
+    // a SIGSTOPped process; QUIC keep-alives still flow, so only the lease can catch it).
+    let mut raw = RawPeer::connect(addr, cert).await?;
+    raw.send(&ToLeader::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        secret,
+        worker_name: "stopped".into(),
+        capacity: 1,
+    })
+    .await?;
+    assert!(matches!(raw.recv().await, Some(ToWorker::Welcome { .. })));
+    raw.send(&ToLeader::RequestShard).await?;
+    let Some(ToWorker::Assign {
+        shard_id: 0,
+        indices,
+        ..
+    }) = raw.recv().await
+    else {
+        panic!("no assignment")
+    };
+    assert_eq!(indices, (0..10).collect::<Vec<_>>());
+    raw.send(&ToLeader::Result {
+        shard_id: 0,
+        index: 0,
+        payload: payload(0, 56),
+    })
+    .await?;
+
+    // Wait until the lease lapsed (status shows nothing leased by it).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = status.status().await.ok_or("leader gone")?;
+        if s.workers.iter().all(|w| w.leased.is_empty()) && s.images_done == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lease never lapsed: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It wakes up and sends a late result for image 1 (accepted: first copy) and a
+    // duplicate of image 0 (dropped).
+    raw.send(&ToLeader::Result {
+        shard_id: 0,
+        index: 1,
+        payload: payload(1, 56),
+    })
+    .await?;
+    raw.send(&ToLeader::Result {
+        shard_id: 0,
+        index: 0,
+        payload: payload(0, 56),
+    })
+    .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while status.status().await.ok_or("leader gone")?.images_done < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "late result not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let good = Synth::new(4, Duration::ZERO);
+    let seen = good.seen.clone();
+    let wr = tokio::time::timeout(
+        WAIT,
+        run_worker(
+            worker_config(dir.path(), "good", addr),
+            good,
+            ShutdownHandle::new().subscribe(),
+        ),
+    )
+    .await??;
+    assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
+    let report = tokio::time::timeout(WAIT, leader_task).await???;
+    assert!(report.stats.lease_expiries >= 1);
+    assert_eq!(report.stats.duplicates, 1);
+    assert_eq!(report.stats.accepted, 20);
+    assert!(!seen.lock().expect("lock").contains(&0));
+    drop(raw);
+    assert_store_complete(&store, 20, 56)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_broken_peers_are_refused_while_a_good_worker_finishes() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let leader = Leader::bind(leader_config(dir.path(), 64, 8), FileSink::open(&store)?)?;
+    let addr = leader.local_addr();
+    let leader_task = tokio::spawn(leader.run());
+    let cert = std::fs::read(dir.path().join("cert.der"))?;
+    let secret = std::fs::read_to_string(dir.path().join("secret"))?
+        .trim()
+        .to_string();
+
+    // A slow good worker runs throughout.
+    let good = run_worker(
+        worker_config(dir.path(), "good", addr),
+        Synth::new(2, Duration::from_millis(20)),
+        ShutdownHandle::new().subscribe(),
+    );
+    let good = tokio::spawn(good);
+
+    let hello = |version: u32, secret: &str| ToLeader::Hello {
+        protocol_version: version,
+        secret: secret.into(),
+        worker_name: "forged".into(),
+        capacity: 1,
+    };
+    // 1. Wrong secret.
+    let mut p = RawPeer::connect(addr, cert.clone()).await?;
+    p.send(&hello(PROTOCOL_VERSION, "not-the-secret")).await?;
+    let Some(ToWorker::Reject { reason }) = p.recv().await else {
+        panic!("wrong secret not rejected")
+    };
+    assert!(reason.contains("secret"), "{reason}");
+    // 2. Wrong protocol version (and the right secret).
+    let mut p = RawPeer::connect(addr, cert.clone()).await?;
+    p.send(&hello(PROTOCOL_VERSION + 1, &secret)).await?;
+    let Some(ToWorker::Reject { reason }) = p.recv().await else {
+        panic!("wrong version not rejected")
+    };
+    assert!(reason.contains("protocol version 2"), "{reason}");
+    // 3. Garbage first frame.
+    let mut p = RawPeer::connect(addr, cert.clone()).await?;
+    p.send_bytes(&[0, 0, 0, 5, 0xFF, 0xFE, 0xFD, 0xFC, 0xFB])
+        .await?;
+    let Some(ToWorker::Reject { reason }) = p.recv().await else {
+        panic!("garbage not rejected")
+    };
+    assert!(reason.contains("malformed"), "{reason}");
+    // 4. Oversized length prefix (a 4 GiB frame) is refused without reading a body.
+    let mut p = RawPeer::connect(addr, cert.clone()).await?;
+    p.send_bytes(&u32::MAX.to_be_bytes()).await?;
+    let Some(ToWorker::Reject { reason }) = p.recv().await else {
+        panic!("oversized not rejected")
+    };
+    assert!(reason.contains("exceeds"), "{reason}");
+    // 5. An authenticated worker that then sends garbage is closed, the job unharmed.
+    let mut p = RawPeer::connect(addr, cert.clone()).await?;
+    p.send(&hello(PROTOCOL_VERSION, &secret)).await?;
+    assert!(matches!(p.recv().await, Some(ToWorker::Welcome { .. })));
+    p.send_bytes(&[0, 0, 0, 2, 0xEE, 0xEE]).await?;
+    let reject = loop {
+        match p.recv().await {
+            Some(ToWorker::Reject { reason }) => break reason,
+            Some(_) => continue,
+            None => panic!("no Reject after garbage"),
+        }
+    };
+    assert!(reject.contains("malformed"), "{reject}");
+    // 6. A worker with a certificate from another job cannot connect at all.
+    let other = tempfile::tempdir()?;
+    overinterp_cluster::net::Credentials::load_or_create(other.path())?;
+    std::fs::copy(dir.path().join("secret"), other.path().join("secret"))?;
+    let err = run_worker(
+        worker_config(other.path(), "wrong-cert", addr),
+        Synth::new(1, Duration::ZERO),
+        ShutdownHandle::new().subscribe(),
+    )
+    .await
+    .expect_err("unpinned certificate must fail");
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+
+    let wr = tokio::time::timeout(WAIT, good).await???;
+    assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
+    let report = tokio::time::timeout(WAIT, leader_task).await???;
+    assert!(
+        report.refused >= 5,
+        "refused {}: {:?}",
+        report.refused,
+        report.refusals
+    );
+    assert!(
+        report.refusals.iter().any(|r| r.contains("TLS")),
+        "{:?}",
+        report.refusals
+    );
+    assert_eq!(report.stats.accepted, 64);
+    assert_store_complete(&store, 64, 56)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_resumes_without_redoing_durable_shards() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let n = 120;
+
+    // Run 1: a slow worker; stop the leader once some shards are durable.
+    let leader = Leader::bind(leader_config(dir.path(), n, 10), FileSink::open(&store)?)?;
+    let addr1 = leader.local_addr();
+    let stop = leader.shutdown_handle();
+    let status = leader.status_handle();
+    let run1 = tokio::spawn(leader.run());
+    let w1 = tokio::spawn(run_worker(
+        worker_config(dir.path(), "w1", addr1),
+        Synth::new(2, Duration::from_millis(15)),
+        ShutdownHandle::new().subscribe(),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = status.status().await.ok_or("leader gone")?;
+        if s.shards.done >= 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The network status query sees the same job.
+    let remote = tokio::time::timeout(WAIT, query_status(dir.path(), None)).await??;
+    assert_eq!(remote.images_total, n);
+    assert!(remote.shards.done >= 3);
+    assert_eq!(remote.workers.len(), 1);
+    stop.trigger();
+    let err = tokio::time::timeout(WAIT, run1)
+        .await?
+        .expect("join")
+        .expect_err("interrupted");
+    assert!(
+        err.to_string()
+            .contains("shut down before the job completed"),
+        "{err}"
+    );
+    let w1 = tokio::time::timeout(WAIT, w1).await?;
+    assert!(w1.is_ok());
+
+    let durable = FileSink::open(&store)?.indices();
+    assert!(
+        durable.len() >= 30 && durable.len() < n as usize,
+        "{} durable",
+        durable.len()
+    );
+
+    // Run 2 on the same job dir: same certificate, resumes from the store.
+    let cert_before = std::fs::read(dir.path().join("cert.der"))?;
+    let leader = Leader::bind(leader_config(dir.path(), n, 10), FileSink::open(&store)?)?;
+    assert_eq!(std::fs::read(dir.path().join("cert.der"))?, cert_before);
+    let addr2 = leader.local_addr();
+    let run2 = tokio::spawn(leader.run());
+    let exec = Synth::new(4, Duration::ZERO);
+    let seen = exec.seen.clone();
+    // The worker finds the new address in leader.addr.
+    let mut wc = WorkerConfig::new(dir.path(), "w2");
+    wc.idle_timeout = Duration::from_secs(5);
+    assert_eq!(
+        overinterp_cluster::net::tls::read_leader_addr(dir.path())?,
+        addr2
+    );
+    let wr = tokio::time::timeout(
+        WAIT,
+        run_worker(wc, exec, ShutdownHandle::new().subscribe()),
+    )
+    .await??;
+    assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
+    let report = tokio::time::timeout(WAIT, run2).await???;
+    assert_eq!(report.stats.resumed, durable.len() as u64);
+    assert_eq!(report.stats.accepted, n - durable.len() as u64);
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.iter().all(|i| durable.binary_search(i).is_err()),
+        "redid durable images"
+    );
+    assert_eq!(seen.len() + durable.len(), n as usize);
+    assert_store_complete(&store, n, 56)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_returns_its_shard_and_leaves() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let leader = Leader::bind(leader_config(dir.path(), 40, 20), FileSink::open(&store)?)?;
+    let addr = leader.local_addr();
+    let leader_task = tokio::spawn(leader.run());
+    // A slow worker: 2 images per 50 ms mini-batch.
+    let slow = Synth::new(2, Duration::from_millis(50));
+    let slow_seen = slow.seen.clone();
+    let handle = ShutdownHandle::new();
+    let drained = tokio::spawn(run_worker(
+        worker_config(dir.path(), "draining", addr),
+        slow,
+        handle.subscribe(),
+    ));
+    wait_until("the slow worker to start", || {
+        !slow_seen.lock().expect("lock").is_empty()
+    })
+    .await;
+    handle.trigger(); // as SIGTERM would
+    let dr = tokio::time::timeout(WAIT, drained).await???;
+    assert_eq!(dr.outcome, WorkerOutcome::Drained);
+    assert!(
+        dr.images_emitted >= 2 && dr.images_emitted < 20,
+        "emitted {}",
+        dr.images_emitted
+    );
+    // A worker joining mid-job finishes everything, including the returned shard.
+    let wr = tokio::time::timeout(
+        WAIT,
+        run_worker(
+            worker_config(dir.path(), "late", addr),
+            Synth::new(4, Duration::ZERO),
+            ShutdownHandle::new().subscribe(),
+        ),
+    )
+    .await??;
+    assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
+    let report = tokio::time::timeout(WAIT, leader_task).await???;
+    assert_eq!(report.stats.drains, 1);
+    assert_eq!(report.stats.accepted, 40);
+    assert_eq!(report.stats.accepted + report.stats.duplicates, 40);
+    assert_store_complete(&store, 40, 56)
+}
