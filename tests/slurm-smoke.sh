@@ -212,6 +212,31 @@ EOF
   }
 }
 
+# How a test can preempt deterministically: USR1 to the batch script only, as
+# --signal=B:USR1@T would send it (that one arrives 4-20 s late: time limits are checked
+# about every 30 s).
+t_scancel_usr1_batch() {
+  local j state
+  cat >usr1.sbatch <<'EOF'
+#!/bin/bash
+trap 'echo "USR1 trapped on $SLURMD_NODENAME"; exit 0' USR1
+echo started
+while :; do sleep 1 & wait $!; done
+EOF
+  j="$(sbatch --parsable -o usr1.out usr1.sbatch)" || return 1
+  wait_until 20 grep -q started usr1.out || {
+    echo "job $j did not start"
+    return 1
+  }
+  scancel --signal=USR1 --batch "$j"
+  state="$("$wait_job" "$j" 30)"
+  [ "$state" = COMPLETED ] && grep -qx 'USR1 trapped on node1' usr1.out || {
+    echo "job $j ended $state; usr1.out:"
+    cat usr1.out
+    return 1
+  }
+}
+
 t_requeue_restart_count() {
   local j state
   cat >requeue.sbatch <<'EOF'
@@ -227,9 +252,11 @@ EOF
   }
   scontrol requeue "$j" || return 1
   # A requeued job waits cred_expire+1 s (11 s here) before it may start again; once it
-  # is PENDING, StartTime=now skips that wait.
+  # is PENDING, a nearer StartTime shortens that wait. Not StartTime=now: slurmd revokes
+  # the job's credentials as of the requeue, to the second, and kills a rerun launched
+  # within that same second ("Job credential revoked", the job ends FAILED).
   wait_until 20 bash -c "scontrol -o show job $j | grep -q JobState=PENDING" &&
-    scontrol update JobId="$j" StartTime=now
+    scontrol update JobId="$j" StartTime=now+2
   state="$("$wait_job" "$j" 60)"
   [ "$state" = COMPLETED ] && [ "$(grep -c '^run ' requeue.out)" -eq 2 ] &&
     grep -qx 'run restart_count=1' requeue.out || {
@@ -257,6 +284,7 @@ check "srun tasks talk over 127.0.0.1" t_srun_tasks_talk
 check "batch leader + srun workers (sis.sbatch shape)" t_batch_leader_srun_workers
 check "second allocation beside a running job" t_second_allocation_alongside
 check "scancel runs the batch script's TERM trap" t_scancel_runs_term_trap
+check "scancel --signal=USR1 --batch reaches the trap" t_scancel_usr1_batch
 check "--requeue + scontrol requeue: RESTART_COUNT=1" t_requeue_restart_count
 check "slurm-wait-job: unknown job" t_wait_job_unknown
 
