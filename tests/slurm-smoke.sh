@@ -7,6 +7,9 @@
 #
 # Every wait is bounded; the whole run takes about 15 s. Job files go to a fresh
 # directory under $OVERINTERP_SLURM_DIR/jobs, removed when everything passed.
+# Checks run through `check NAME FUNCTION` (SC2317), print job-side variables literally
+# (SC2016), and use `A && B || { fail; }` where the block only reports (SC2015).
+# shellcheck disable=SC2317,SC2016,SC2015
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 wait_job="$root/scripts/slurm-wait-job"
@@ -25,7 +28,7 @@ passed=0
 failed=0
 # check NAME FUNCTION: runs FUNCTION, which prints why on failure and returns non-zero.
 check() {
-  local name="$1" fn="$2" t0 out rc ms
+  local name="$1" fn="$2" t0 out rc ms line
   t0=${EPOCHREALTIME/./}
   out="$("$fn" 2>&1)"
   rc=$?
@@ -36,7 +39,7 @@ check() {
   else
     failed=$((failed + 1))
     printf 'FAIL %-48s %6d ms\n' "$name" "$ms"
-    sed 's/^/     | /' <<<"$out"
+    while IFS= read -r line; do echo "     | $line"; done <<<"$out"
   fi
 }
 # Polls COMMAND every 0.1 s for at most SECONDS.
@@ -177,7 +180,7 @@ t_second_allocation_alongside() {
   }
   second="$(sbatch --parsable -N2 -o second.out --wrap 'srun --ntasks-per-node=1 bash -c "echo \$SLURMD_NODENAME"')" || return 1
   state="$("$wait_job" "$second" 30)"
-  scancel "$first"
+  scancel "$first" "$second" 2>/dev/null # the second one has normally completed
   [ "$state" = COMPLETED ] && [ "$(sort second.out | tr '\n' ' ')" = "node1 node2 " ] || {
     echo "second job $second ended $state while $first ran; second.out:"
     cat second.out
