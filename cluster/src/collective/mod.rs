@@ -21,7 +21,7 @@
 //!
 //! # Layout
 //!
-//! - [`error`]: [`CollectiveError`].
+//! - [`error`]: the error type, [`CollectiveError`].
 //! - [`rendezvous`]: [`Rendezvous`] and [`FileRendezvous`].
 //! - [`ring`]: [`RingAllReduce`], the CPU backend, and its [`RingConfig`].
 //! - `wire`: the ring's frame header (private).

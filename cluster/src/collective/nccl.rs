@@ -68,10 +68,16 @@ impl NcclAllReduce {
 
     /// Joins the communicator of `rendezvous` on CUDA device `cuda_device_ordinal`.
     /// Blocks until every rank has joined (NCCL's bootstrap).
-    pub fn new(rendezvous: &Rendezvous, cuda_device_ordinal: usize) -> Result<Self, CollectiveError> {
+    pub fn new(
+        rendezvous: &Rendezvous,
+        cuda_device_ordinal: usize,
+    ) -> Result<Self, CollectiveError> {
         rendezvous.validate()?;
-        let (rank, world_size, ordinal) = (rendezvous.rank, rendezvous.world_size, cuda_device_ordinal);
-        let id = rendezvous.nccl_id.ok_or(CollectiveError::MissingNcclId { rank })?;
+        let (rank, world_size, ordinal) =
+            (rendezvous.rank, rendezvous.world_size, cuda_device_ordinal);
+        let id = rendezvous
+            .nccl_id
+            .ok_or(CollectiveError::MissingNcclId { rank })?;
         let (nranks, rank_c) = match (c_int::try_from(world_size), c_int::try_from(rank)) {
             (Ok(n), Ok(r)) => (n, r),
             _ => {
@@ -126,7 +132,12 @@ impl NcclAllReduce {
     /// `len` f32s, valid until the operation has completed on `stream`; `stream` must be
     /// a live stream of the same device (or 0). The ML side passes a CUDA tensor's
     /// `data_ptr()` and torch's current stream.
-    pub unsafe fn all_reduce_mean_device(&mut self, ptr: u64, len: usize, stream: u64) -> Result<(), CollectiveError> {
+    pub unsafe fn all_reduce_mean_device(
+        &mut self,
+        ptr: u64,
+        len: usize,
+        stream: u64,
+    ) -> Result<(), CollectiveError> {
         self.check_usable()?;
         self.bind()?;
         // SAFETY: the caller guarantees `ptr`, `len` and `stream`.
@@ -141,7 +152,9 @@ impl NcclAllReduce {
                 stream as nccl_sys::cudaStream_t,
             )
         };
-        result.map(|_| ()).map_err(|e| self.fail(nccl_error(self.rank, "all-reduce", e)))
+        result
+            .map(|_| ())
+            .map_err(|e| self.fail(nccl_error(self.rank, "all-reduce", e)))
     }
 
     /// The CUDA device this rank uses.
@@ -151,7 +164,9 @@ impl NcclAllReduce {
 
     fn check_usable(&self) -> Result<(), CollectiveError> {
         match &self.poisoned {
-            Some(first) => Err(CollectiveError::Poisoned { first: first.clone() }),
+            Some(first) => Err(CollectiveError::Poisoned {
+                first: first.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -164,11 +179,13 @@ impl NcclAllReduce {
 
     fn bind(&mut self) -> Result<(), CollectiveError> {
         let ordinal = self.ordinal;
-        self.ctx.bind_to_thread().map_err(|e| CollectiveError::Cuda {
-            ordinal,
-            what: "binding the context to this thread",
-            detail: e.to_string(),
-        })
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| CollectiveError::Cuda {
+                ordinal,
+                what: "binding the context to this thread",
+                detail: e.to_string(),
+            })
     }
 
     /// Copies `buf` to the device, runs `collective(device_ptr, stream)` and copies the
@@ -177,7 +194,11 @@ impl NcclAllReduce {
         &mut self,
         buf: &mut [f32],
         what: &'static str,
-        collective: impl FnOnce(*mut c_void, nccl_sys::cudaStream_t, nccl_sys::ncclComm_t) -> Result<nccl::NcclStatus, nccl::NcclError>,
+        collective: impl FnOnce(
+            *mut c_void,
+            nccl_sys::cudaStream_t,
+            nccl_sys::ncclComm_t,
+        ) -> Result<nccl::NcclStatus, nccl::NcclError>,
     ) -> Result<(), CollectiveError> {
         self.check_usable()?;
         self.bind()?;
@@ -193,7 +214,11 @@ impl NcclAllReduce {
             // NCCL needs a non-empty buffer address even for zero elements.
             let len = buf.len().max(1);
             if self.staging.as_ref().is_none_or(|s| s.len() < len) {
-                self.staging = Some(self.stream.alloc_zeros::<f32>(len).map_err(cuda("allocating the staging buffer"))?);
+                self.staging = Some(
+                    self.stream
+                        .alloc_zeros::<f32>(len)
+                        .map_err(cuda("allocating the staging buffer"))?,
+                );
             }
             let stream = Arc::clone(&self.stream);
             let comm = self.comm;
@@ -201,14 +226,24 @@ impl NcclAllReduce {
                 return Ok(());
             };
             let mut view = staging.slice_mut(0..buf.len());
-            stream.memcpy_htod(&*buf, &mut view).map_err(cuda("copying to the device"))?;
+            stream
+                .memcpy_htod(&*buf, &mut view)
+                .map_err(cuda("copying to the device"))?;
             {
                 let (dptr, _sync) = view.device_ptr_mut(&stream);
-                collective(dptr as *mut c_void, stream.cu_stream() as nccl_sys::cudaStream_t, comm)
-                    .map_err(|e| nccl_error(rank, what, e))?;
+                collective(
+                    dptr as *mut c_void,
+                    stream.cu_stream() as nccl_sys::cudaStream_t,
+                    comm,
+                )
+                .map_err(|e| nccl_error(rank, what, e))?;
             }
-            stream.memcpy_dtoh(&view, buf).map_err(cuda("copying from the device"))?;
-            stream.synchronize().map_err(cuda("synchronizing the stream"))
+            stream
+                .memcpy_dtoh(&view, buf)
+                .map_err(cuda("copying from the device"))?;
+            stream
+                .synchronize()
+                .map_err(cuda("synchronizing the stream"))
         })();
         result.map_err(|e| self.fail(e))
     }
@@ -263,7 +298,15 @@ impl AllReduce for NcclAllReduce {
         let len = buf.len();
         self.host_collective(buf, "broadcast", |ptr, stream, comm| unsafe {
             // SAFETY: in place on the staging buffer holding `len` floats.
-            nccl::broadcast(ptr, ptr, len, nccl_sys::ncclDataType_t::ncclFloat32, root_c, comm, stream)
+            nccl::broadcast(
+                ptr,
+                ptr,
+                len,
+                nccl_sys::ncclDataType_t::ncclFloat32,
+                root_c,
+                comm,
+                stream,
+            )
         })
     }
 }
@@ -364,7 +407,12 @@ mod tests {
             .expect("NcclAllReduce::new panicked")
             .expect_err("device 4096 does not exist");
         // SAFETY: only dlopen attempts.
-        let (cuda, nccl) = unsafe { (cudarc::driver::sys::is_culib_present(), nccl_sys::is_culib_present()) };
+        let (cuda, nccl) = unsafe {
+            (
+                cudarc::driver::sys::is_culib_present(),
+                nccl_sys::is_culib_present(),
+            )
+        };
         match (cuda, nccl, &err) {
             (false, _, CollectiveError::LibraryUnavailable { library, .. }) => {
                 assert!(library.contains("libcuda"), "{err}")
@@ -386,6 +434,9 @@ mod tests {
             nccl_id: None,
         };
         let err = NcclAllReduce::new(&rendezvous, 0).expect_err("no id");
-        assert!(matches!(err, CollectiveError::MissingNcclId { rank: 1 }), "{err}");
+        assert!(
+            matches!(err, CollectiveError::MissingNcclId { rank: 1 }),
+            "{err}"
+        );
     }
 }

@@ -371,7 +371,11 @@ mod tests {
                 std::thread::spawn(move || {
                     // Stagger starts so some ranks wait on others.
                     std::thread::sleep(Duration::from_millis(30 * (3 - rank as u64)));
-                    let own_id = if rank == 0 { Some(id) } else { Some([9u8; 128]) };
+                    let own_id = if rank == 0 {
+                        Some(id)
+                    } else {
+                        Some([9u8; 128])
+                    };
                     FileRendezvous::new(dir, rank, 4)?
                         .with_timeout(Duration::from_secs(10))
                         .exchange(addr(40_000 + rank as u16), own_id)
@@ -430,7 +434,10 @@ mod tests {
             .exchange(addr(7), None)
             .expect_err("world sizes disagree");
         let text = err.to_string();
-        assert!(text.contains("rank-1.addr") && text.contains("of 3"), "{text}");
+        assert!(
+            text.contains("rank-1.addr") && text.contains("of 3"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -446,7 +453,11 @@ mod tests {
         let p = Path::new("rank-0.addr");
         assert!(parse(p, "something else\n").is_err());
         assert!(parse(p, &format!("{FILE_HEADER}\nrank 0\nworld_size 1\n")).is_err());
-        assert!(parse(p, &format!("{FILE_HEADER}\nrank x\nworld_size 1\naddr 1.2.3.4:5\n")).is_err());
+        assert!(parse(
+            p,
+            &format!("{FILE_HEADER}\nrank x\nworld_size 1\naddr 1.2.3.4:5\n")
+        )
+        .is_err());
         let short_id = format!("{FILE_HEADER}\nrank 0\nworld_size 1\naddr 1.2.3.4:5\nnccl_id ab\n");
         assert!(parse(p, &short_id).is_err());
         let ok = parse(p, &render(0, 1, addr(5), Some(&[0xab; 128]))).expect("round trip");

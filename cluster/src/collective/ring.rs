@@ -17,8 +17,10 @@
 //! classic ring deadlock), and a large buffer streams instead of being sent whole.
 //!
 //! Failures: reads wake every [`RingConfig::poll_interval`] to check the writer and the
-//! [`RingConfig::op_timeout`]; a rank that sees a failure sends an abort frame naming the
-//! failed rank to its successor, so every survivor's error blames the same rank.
+//! [`RingConfig::op_timeout`], and to send the next rank a keepalive ("I am in the
+//! collective, waiting"), so only the successor of a rank that is really silent times
+//! out. A rank that sees a failure sends an abort frame naming the failed rank to its
+//! successor, so every survivor's error blames the same rank instead of its neighbour.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -42,9 +44,10 @@ pub struct RingConfig {
     /// previous one. Default 60 s.
     pub connect_timeout: Duration,
     /// How long a collective waits for bytes from the previous rank (or a write to the
-    /// next rank blocks) before declaring it hung. Ranks reach a collective at different
-    /// times (data loading, checkpoints), so this bounds skew, not transfer time.
-    /// Default 300 s.
+    /// next rank blocks) before declaring it hung. A rank waiting inside a collective
+    /// sends keepalives, so this is the time the previous rank may spend *outside* the
+    /// collective (data loading, checkpoints) or dead: it bounds skew, not transfer
+    /// time. Must be well above `poll_interval`. Default 300 s.
     pub op_timeout: Duration,
     /// How often a blocked read wakes to check the writer thread and the timeout: the
     /// bound on how late a failed send is noticed. Default 100 ms.
@@ -307,7 +310,8 @@ impl AllReduce for RingAllReduce {
         }
         let seq = self.op_seq;
         self.op_seq += 1;
-        let (rank, chunk, op_timeout) = (self.rank, self.config.chunk_floats, self.config.op_timeout);
+        let (rank, chunk, op_timeout) =
+            (self.rank, self.config.chunk_floats, self.config.op_timeout);
         let Some(links) = self.links.as_mut() else {
             return Ok(());
         };
@@ -367,12 +371,13 @@ impl Links {
         let (next_addr, prev_addr) = (rendezvous.peers[next_rank], rendezvous.peers[prev_rank]);
         let session = rendezvous.session_tag();
         let deadline = Instant::now() + config.connect_timeout;
-        let connect_err = |peer: usize, addr: SocketAddr, detail: String| CollectiveError::Connect {
-            rank,
-            peer,
-            addr,
-            detail,
-        };
+        let connect_err =
+            |peer: usize, addr: SocketAddr, detail: String| CollectiveError::Connect {
+                rank,
+                peer,
+                addr,
+                detail,
+            };
         let hello = Hello {
             rank: rank as u32,
             world_size: n as u32,
@@ -402,8 +407,10 @@ impl Links {
         let io_next = |what: &'static str| {
             move |e: std::io::Error| connect_err(next_rank, next_addr, format!("{what}: {e}"))
         };
-        next.set_nodelay(true).map_err(io_next("setting TCP_NODELAY"))?;
-        next.write_all(&hello.encode()).map_err(io_next("sending hello"))?;
+        next.set_nodelay(true)
+            .map_err(io_next("setting TCP_NODELAY"))?;
+        next.write_all(&hello.encode())
+            .map_err(io_next("sending hello"))?;
 
         // 2. Accept the previous rank. Connections that are not it (a process left from an
         //    earlier gang, a port scanner) are refused and we keep waiting.
@@ -423,7 +430,9 @@ impl Links {
                         }
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
                     if Instant::now() >= deadline {
                         return Err(connect_err(
                             prev_rank,
@@ -464,7 +473,8 @@ impl Links {
         }
 
         // 4. Steady-state socket options and the writer thread.
-        next.set_read_timeout(None).map_err(io_next("clearing the read timeout"))?;
+        next.set_read_timeout(None)
+            .map_err(io_next("clearing the read timeout"))?;
         next.set_write_timeout(Some(config.op_timeout))
             .map_err(io_next("setting a write timeout"))?;
         let io_prev = |e: std::io::Error| connect_err(prev_rank, prev_addr, format!("socket: {e}"));
@@ -513,12 +523,14 @@ impl Links {
         if sent {
             Ok(())
         } else {
-            Err(self.writer_failure(op).unwrap_or_else(|| CollectiveError::PeerDisconnected {
-                peer: self.next_rank,
-                addr: self.next_addr,
-                op: op.name(),
-                source: std::io::Error::new(ErrorKind::BrokenPipe, "writer thread has stopped"),
-            }))
+            Err(self
+                .writer_failure(op)
+                .unwrap_or_else(|| CollectiveError::PeerDisconnected {
+                    peer: self.next_rank,
+                    addr: self.next_addr,
+                    op: op.name(),
+                    source: std::io::Error::new(ErrorKind::BrokenPipe, "writer thread has stopped"),
+                }))
         }
     }
 
@@ -735,7 +747,11 @@ impl PollCtx<'_> {
 /// without data it tells the next rank we are alive and waiting (a keepalive), checks
 /// whether the writer's socket failed (then the next rank is at fault) and whether the
 /// previous rank has been silent for longer than the operation timeout.
-fn read_polled(stream: &mut TcpStream, buf: &mut [u8], ctx: &PollCtx<'_>) -> Result<(), CollectiveError> {
+fn read_polled(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    ctx: &PollCtx<'_>,
+) -> Result<(), CollectiveError> {
     let mut filled = 0;
     let mut last_progress = Instant::now();
     while filled < buf.len() {

@@ -89,7 +89,8 @@ impl Header {
                 "frame starts with {magic:#010x}, not the ring frame magic; stream out of sync"
             ));
         }
-        let kind = Kind::from_u8(bytes[4]).ok_or_else(|| format!("unknown frame kind {}", bytes[4]))?;
+        let kind =
+            Kind::from_u8(bytes[4]).ok_or_else(|| format!("unknown frame kind {}", bytes[4]))?;
         Ok(Header {
             kind,
             op_seq: u64_at(bytes, 8),
@@ -171,12 +172,13 @@ pub(super) fn encode_f32s(values: &[f32], out: &mut Vec<u8>) {
     }
 }
 
-/// `dst[i] = received[i] + dst[i]`: the reduce-scatter step. The received partial sum
-/// is the left operand on every rank, which fixes the summation order of each element
-/// to "around the ring, starting at the segment's first rank".
+/// `dst[i] += received[i]`: the reduce-scatter step. The received value is the partial
+/// sum of the ranks before this one on the segment's way round (IEEE addition is
+/// commutative, so only this association matters), which fixes each element's
+/// summation order to "around the ring, starting at the segment's first rank".
 pub(super) fn add_f32s(bytes: &[u8], dst: &mut [f32]) {
     for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + *d;
+        *d += f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }
 
@@ -232,7 +234,9 @@ mod tests {
         assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
         let mut other_version = hello.encode();
         other_version[4] = 2;
-        assert!(Hello::decode(&other_version).unwrap_err().contains("version 2"));
+        assert!(Hello::decode(&other_version)
+            .unwrap_err()
+            .contains("version 2"));
         assert_eq!(decode_ack(&encode_ack(42)), Ok(42));
     }
 

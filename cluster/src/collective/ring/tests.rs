@@ -119,7 +119,12 @@ fn every_rank_gets_the_same_bits_summed_in_ring_order() {
     let starts = [0usize, 251, 501, 751, 1003];
     let mut expected = vec![0f32; len];
     for j in 0..n {
-        for (i, e) in expected.iter_mut().enumerate().take(starts[j + 1]).skip(starts[j]) {
+        for (i, e) in expected
+            .iter_mut()
+            .enumerate()
+            .take(starts[j + 1])
+            .skip(starts[j])
+        {
             let mut acc = value(j, i);
             for k in 1..n {
                 acc += value((j + k) % n, i);
@@ -164,14 +169,19 @@ fn broadcast_copies_the_roots_buffer_and_barrier_waits_for_everyone() {
         let entered = start.elapsed();
         ring.barrier().expect("barrier");
         let left = start.elapsed();
-        let bad_root = ring.broadcast_f32(&mut buf, n).expect_err("root out of range");
+        let bad_root = ring
+            .broadcast_f32(&mut buf, n)
+            .expect_err("root out of range");
         (buf, entered, left, bad_root.to_string())
     });
     let last_entry = results.iter().map(|r| r.1).max().expect("ranks");
     for (rank, (buf, _, left, bad_root)) in results.iter().enumerate() {
         let expected: Vec<f32> = (0..20).map(|i| (200 + i) as f32).collect();
         assert_eq!(buf, &expected, "rank {rank} did not get rank 2's buffer");
-        assert!(*left >= last_entry, "rank {rank} left the barrier before the last rank entered");
+        assert!(
+            *left >= last_entry,
+            "rank {rank} left the barrier before the last rank entered"
+        );
         assert!(bad_root.contains("broadcast root"), "{bad_root}");
     }
 }
@@ -181,7 +191,9 @@ fn length_disagreement_is_a_typed_error_and_poisons() {
     let results = run_ring(2, small_chunks(), |mut ring| {
         let len = if ring.rank() == 0 { 10 } else { 12 };
         let mut buf = vec![1.0f32; len];
-        let first = ring.all_reduce_mean_f32(&mut buf).expect_err("lengths differ");
+        let first = ring
+            .all_reduce_mean_f32(&mut buf)
+            .expect_err("lengths differ");
         let second = ring.all_reduce_mean_f32(&mut buf).expect_err("poisoned");
         (first, second)
     });
@@ -189,11 +201,17 @@ fn length_disagreement_is_a_typed_error_and_poisons() {
         match first {
             CollectiveError::LengthMismatch { peer, ours, theirs } => {
                 assert_eq!(*peer, 1 - rank);
-                assert_eq!((*ours, *theirs), if rank == 0 { (10, 12) } else { (12, 10) });
+                assert_eq!(
+                    (*ours, *theirs),
+                    if rank == 0 { (10, 12) } else { (12, 10) }
+                );
             }
             other => panic!("rank {rank}: unexpected {other}"),
         }
-        assert!(matches!(second, CollectiveError::Poisoned { .. }), "{second}");
+        assert!(
+            matches!(second, CollectiveError::Poisoned { .. }),
+            "{second}"
+        );
     }
 }
 
@@ -208,7 +226,10 @@ enum Fault {
 
 /// A world of 4 where rank 2 performs the real handshake, then fails as `fault` says.
 /// Returns each real rank's error and how long it took to appear.
-fn gang_with_faulty_rank(fault: Fault, config: RingConfig) -> Vec<(usize, CollectiveError, Duration)> {
+fn gang_with_faulty_rank(
+    fault: Fault,
+    config: RingConfig,
+) -> Vec<(usize, CollectiveError, Duration)> {
     let n = 4;
     let faulty = 2;
     let gang = loopback_gang(n);
@@ -217,7 +238,11 @@ fn gang_with_faulty_rank(fault: Fault, config: RingConfig) -> Vec<(usize, Collec
     let mut handles = Vec::new();
     let mut fake = None;
     for (listener, rdv) in gang {
-        let (ready, release_fake, config) = (Arc::clone(&ready), Arc::clone(&release_fake), config.clone());
+        let (ready, release_fake, config) = (
+            Arc::clone(&ready),
+            Arc::clone(&release_fake),
+            config.clone(),
+        );
         if rdv.rank == faulty {
             fake = Some(std::thread::spawn(move || {
                 let session = rdv.session_tag();
@@ -248,7 +273,8 @@ fn gang_with_faulty_rank(fault: Fault, config: RingConfig) -> Vec<(usize, Collec
                             step: 0,
                         }
                         .encode(&mut head);
-                        next.write_all(&head[..HEADER_BYTES / 2]).expect("half a frame");
+                        next.write_all(&head[..HEADER_BYTES / 2])
+                            .expect("half a frame");
                         drop((next, prev));
                         release_fake.wait();
                     }
@@ -267,7 +293,9 @@ fn gang_with_faulty_rank(fault: Fault, config: RingConfig) -> Vec<(usize, Collec
             ready.wait();
             let start = Instant::now();
             let mut buf = vec![1.0f32; 1000];
-            let err = ring.all_reduce_mean_f32(&mut buf).expect_err("rank 2 fails");
+            let err = ring
+                .all_reduce_mean_f32(&mut buf)
+                .expect_err("rank 2 fails");
             let took = start.elapsed();
             release_fake.wait();
             (rank, err, took)
@@ -292,7 +320,11 @@ fn peer_dying_mid_reduce_is_blamed_by_every_survivor_quickly() {
     let results = gang_with_faulty_rank(Fault::DieMidFrame, config);
     assert_eq!(results.len(), 3);
     for (rank, err, took) in results {
-        assert_eq!(err.failed_rank(), Some(2), "rank {rank} blamed the wrong rank: {err}");
+        assert_eq!(
+            err.failed_rank(),
+            Some(2),
+            "rank {rank} blamed the wrong rank: {err}"
+        );
         assert!(took < Duration::from_secs(10), "rank {rank} took {took:?}");
         if rank == 3 {
             // The successor saw the connection close mid-frame.
@@ -314,12 +346,26 @@ fn hung_peer_times_out_and_the_timeout_travels_round_the_ring() {
     };
     let results = gang_with_faulty_rank(Fault::Hang, config);
     for (rank, err, took) in results {
-        assert_eq!(err.failed_rank(), Some(2), "rank {rank} blamed the wrong rank: {err}");
-        assert!(took >= Duration::from_millis(800), "rank {rank} gave up early: {took:?}");
+        assert_eq!(
+            err.failed_rank(),
+            Some(2),
+            "rank {rank} blamed the wrong rank: {err}"
+        );
+        assert!(
+            took >= Duration::from_millis(800),
+            "rank {rank} gave up early: {took:?}"
+        );
         assert!(took < Duration::from_secs(10), "rank {rank} took {took:?}");
         match (rank, &err) {
             (3, CollectiveError::PeerTimeout { peer: 2, .. }) => {}
-            (0 | 1, CollectiveError::PeerFailed { failed_rank: 2, reported_by: 3, .. }) => {}
+            (
+                0 | 1,
+                CollectiveError::PeerFailed {
+                    failed_rank: 2,
+                    reported_by: 3,
+                    ..
+                },
+            ) => {}
             _ => panic!("rank {rank}: unexpected {err}"),
         }
     }
@@ -331,7 +377,9 @@ fn handshake_refuses_strangers_and_mismatched_chunk_sizes() {
     let gang = loopback_gang(2);
     let stranger_target = gang[0].1.peers[0];
     let mut stranger = TcpStream::connect(stranger_target).expect("stranger connects");
-    stranger.write_all(&[0u8; HELLO_BYTES]).expect("garbage hello");
+    stranger
+        .write_all(&[0u8; HELLO_BYTES])
+        .expect("garbage hello");
     let handles: Vec<_> = gang
         .into_iter()
         .map(|(listener, rdv)| {
@@ -344,7 +392,10 @@ fn handshake_refuses_strangers_and_mismatched_chunk_sizes() {
         })
         .collect();
     for h in handles {
-        let buf = h.join().expect("thread").expect("ring works despite the stranger");
+        let buf = h
+            .join()
+            .expect("thread")
+            .expect("ring works despite the stranger");
         assert_eq!(buf, vec![1.0; 5]);
     }
 
@@ -362,7 +413,10 @@ fn handshake_refuses_strangers_and_mismatched_chunk_sizes() {
             })
         })
         .collect();
-    let errors: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let errors: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
     let rank0 = errors[0].as_ref().expect_err("rank 0 refuses");
     assert!(rank0.to_string().contains("chunks of 5 floats"), "{rank0}");
     assert_eq!(rank0.failed_rank(), Some(1));
@@ -376,6 +430,9 @@ fn segments_cover_the_buffer_and_empty_ranges_still_get_a_frame() {
     assert_eq!(segment(10, 4, 2), 6..8);
     assert_eq!(segment(10, 4, 3), 8..10);
     assert_eq!(segment(2, 4, 3), 2..2);
-    assert_eq!(chunks(5..12, 3).collect::<Vec<_>>(), vec![(5, 3), (8, 3), (11, 1)]);
+    assert_eq!(
+        chunks(5..12, 3).collect::<Vec<_>>(),
+        vec![(5, 3), (8, 3), (11, 1)]
+    );
     assert_eq!(chunks(4..4, 3).collect::<Vec<_>>(), vec![(4, 0)]);
 }
