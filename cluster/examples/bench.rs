@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use overinterp_cluster::coord::{Coord, CoordConfig, Input, Output};
 use overinterp_cluster::net::tls::{transport, ClientCredentials, SERVER_NAME};
-use overinterp_cluster::net::{run_worker, Credentials, Leader, LeaderConfig, ShutdownHandle, WorkerConfig};
+use overinterp_cluster::net::{
+    run_worker, Credentials, Leader, LeaderConfig, ShutdownHandle, WorkerConfig,
+};
 use overinterp_cluster::proto::{ToLeader, ToWorker};
 use overinterp_cluster::sink::FileSink;
 use overinterp_cluster::{EmitError, ExecError, Executor, ResultSink, SinkError};
@@ -30,7 +32,11 @@ struct Args {
 }
 
 fn parse_args() -> BoxResult<Args> {
-    let mut a = Args { images: 2000, raw_mb: 1024, workers: 4 };
+    let mut a = Args {
+        images: 2000,
+        raw_mb: 1024,
+        workers: 4,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -38,7 +44,11 @@ fn parse_args() -> BoxResult<Args> {
             "--images" => a.images = value.parse()?,
             "--raw-mb" => a.raw_mb = value.parse()?,
             "--workers" => a.workers = value.parse()?,
-            _ => return Err(format!("unknown flag {flag}; use --images, --raw-mb, --workers").into()),
+            _ => {
+                return Err(
+                    format!("unknown flag {flag}; use --images, --raw-mb, --workers").into(),
+                )
+            }
         }
     }
     Ok(a)
@@ -90,7 +100,10 @@ impl ResultSink for NullSink {
 async fn raw_quic(mb: u64) -> BoxResult<f64> {
     let dir = tempfile::tempdir()?;
     let creds = Credentials::load_or_create(dir.path())?;
-    let server = quinn::Endpoint::server(creds.server_config(transport(Duration::from_secs(20))?)?, "127.0.0.1:0".parse()?)?;
+    let server = quinn::Endpoint::server(
+        creds.server_config(transport(Duration::from_secs(20))?)?,
+        "127.0.0.1:0".parse()?,
+    )?;
     let addr = server.local_addr()?;
     let recv_task = tokio::spawn(async move {
         let conn = server.accept().await.ok_or("no connection")?.await?;
@@ -105,7 +118,9 @@ async fn raw_quic(mb: u64) -> BoxResult<f64> {
     });
     let client_creds = ClientCredentials::load(dir.path())?;
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    client.set_default_client_config(client_creds.client_config(transport(Duration::from_secs(20))?)?);
+    client.set_default_client_config(
+        client_creds.client_config(transport(Duration::from_secs(20))?)?,
+    );
     let conn = client.connect(addr, SERVER_NAME)?.await?;
     let (mut send, _recv) = conn.open_bi().await?;
     let chunk = vec![7u8; 1 << 20];
@@ -120,7 +135,12 @@ async fn raw_quic(mb: u64) -> BoxResult<f64> {
 }
 
 /// Leader ingest with `workers` local workers. Returns (MB/s, results/s, seconds).
-async fn ingest<S: ResultSink>(images: u64, workers: usize, sink: S, job_dir: &std::path::Path) -> BoxResult<(f64, f64, f64)> {
+async fn ingest<S: ResultSink>(
+    images: u64,
+    workers: usize,
+    sink: S,
+    job_dir: &std::path::Path,
+) -> BoxResult<(f64, f64, f64)> {
     let mut config = LeaderConfig::new("127.0.0.1:0".parse()?, job_dir, "bench = true\n", images);
     config.shard_size = 32;
     config.linger = Duration::from_secs(2);
@@ -131,8 +151,14 @@ async fn ingest<S: ResultSink>(images: u64, workers: usize, sink: S, job_dir: &s
     for i in 0..workers {
         let mut wc = WorkerConfig::new(job_dir, format!("bench-{i}"));
         wc.leader_addr = Some(addr);
-        let exec = MapExecutor { template: template.clone() };
-        tasks.push(tokio::spawn(run_worker(wc, exec, ShutdownHandle::new().subscribe())));
+        let exec = MapExecutor {
+            template: template.clone(),
+        };
+        tasks.push(tokio::spawn(run_worker(
+            wc,
+            exec,
+            ShutdownHandle::new().subscribe(),
+        )));
     }
     let report = leader.run().await?;
     for t in tasks {
@@ -140,7 +166,11 @@ async fn ingest<S: ResultSink>(images: u64, workers: usize, sink: S, job_dir: &s
     }
     // Time to the last durable result, not including the linger at the end.
     let secs = report.status.elapsed_s;
-    Ok((report.ingested_bytes as f64 / 1e6 / secs, report.stats.accepted as f64 / secs, secs))
+    Ok((
+        report.ingested_bytes as f64 / 1e6 / secs,
+        report.stats.accepted as f64 / secs,
+        secs,
+    ))
 }
 
 /// The coordinator alone: 1,000 workers pulling 4-image shards until `shards` are
@@ -161,8 +191,15 @@ fn scheduling(workers: u64, shards: u64) -> (f64, f64, u64) {
     let start = Instant::now();
     let mut queue: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
     for w in 0..workers {
-        queue.push_back(Input::Joined { worker: w, name: format!("sim-{w}"), capacity: 32 });
-        queue.push_back(Input::Message { worker: w, msg: ToLeader::RequestShard });
+        queue.push_back(Input::Joined {
+            worker: w,
+            name: format!("sim-{w}"),
+            capacity: 32,
+        });
+        queue.push_back(Input::Message {
+            worker: w,
+            msg: ToLeader::RequestShard,
+        });
     }
     let mut assigned = 0u64;
     let mut to_sync = Vec::new();
@@ -173,24 +210,47 @@ fn scheduling(workers: u64, shards: u64) -> (f64, f64, u64) {
             inputs += 1;
             while let Some(out) = coord.poll_output() {
                 match out {
-                    Output::Send { worker, msg: ToWorker::Assign { shard_id, indices, .. } } => {
+                    Output::Send {
+                        worker,
+                        msg:
+                            ToWorker::Assign {
+                                shard_id, indices, ..
+                            },
+                    } => {
                         assigned += 1;
                         for index in indices {
-                            queue.push_back(Input::Message { worker, msg: ToLeader::Result { shard_id, index, payload: Vec::new() } });
+                            queue.push_back(Input::Message {
+                                worker,
+                                msg: ToLeader::Result {
+                                    shard_id,
+                                    index,
+                                    payload: Vec::new(),
+                                },
+                            });
                         }
-                        queue.push_back(Input::Message { worker, msg: ToLeader::ShardDone { shard_id } });
-                        queue.push_back(Input::Message { worker, msg: ToLeader::RequestShard });
+                        queue.push_back(Input::Message {
+                            worker,
+                            msg: ToLeader::ShardDone { shard_id },
+                        });
+                        queue.push_back(Input::Message {
+                            worker,
+                            msg: ToLeader::RequestShard,
+                        });
                     }
                     Output::Sync { shard_id } => to_sync.push(shard_id),
                     _ => {}
                 }
             }
             if to_sync.len() >= 64 {
-                queue.push_back(Input::Durable { shards: std::mem::take(&mut to_sync) });
+                queue.push_back(Input::Durable {
+                    shards: std::mem::take(&mut to_sync),
+                });
             }
         }
         if !to_sync.is_empty() {
-            queue.push_back(Input::Durable { shards: std::mem::take(&mut to_sync) });
+            queue.push_back(Input::Durable {
+                shards: std::mem::take(&mut to_sync),
+            });
         }
         if queue.is_empty() && !coord.is_complete() {
             break;
@@ -206,7 +266,13 @@ async fn main() -> BoxResult<()> {
     let args = parse_args()?;
     let raw = raw_quic(args.raw_mb).await?;
     let dir = tempfile::tempdir()?;
-    let (null_mb, null_rps, null_s) = ingest(args.images, args.workers, NullSink, &dir.path().join("null")).await?;
+    let (null_mb, null_rps, null_s) = ingest(
+        args.images,
+        args.workers,
+        NullSink,
+        &dir.path().join("null"),
+    )
+    .await?;
     let store_dir = dir.path().join("file");
     std::fs::create_dir_all(&store_dir)?;
     let sink = FileSink::open(store_dir.join("results.bin"))?;
@@ -217,13 +283,18 @@ async fn main() -> BoxResult<()> {
     let n = args.images;
     println!("| measurement | MB/s | results/s | ratio to raw QUIC |");
     println!("|---|---:|---:|---:|");
-    println!("| raw loopback QUIC, 1 stream, {} MiB | {raw:.0} | — | 1.00 |", args.raw_mb);
+    println!(
+        "| raw loopback QUIC, 1 stream, {} MiB | {raw:.0} | — | 1.00 |",
+        args.raw_mb
+    );
     println!("| leader ingest, {w} workers, {n} × {RESULT_BYTES} B, null sink ({null_s:.1} s) | {null_mb:.0} | {null_rps:.0} | {:.2} |", null_mb / raw);
     println!("| leader ingest, {w} workers, {n} × {RESULT_BYTES} B, FileSink + fsync ({file_s:.1} s) | {file_mb:.0} | {file_rps:.0} | {:.2} |", file_mb / raw);
     println!();
     println!("| sans-io scheduling, 1,000 simulated workers, {shards} shards of 4 | per second |");
     println!("|---|---:|");
-    println!("| coordinator inputs handled (join, request, result, done, durable) | {inputs_s:.0} |");
+    println!(
+        "| coordinator inputs handled (join, request, result, done, durable) | {inputs_s:.0} |"
+    );
     println!("| shard assignments (scheduling decisions) | {assign_s:.0} |");
     Ok(())
 }

@@ -301,7 +301,7 @@ async fn forged_and_broken_peers_are_refused_while_a_good_worker_finishes() -> T
     )
     .await
     .expect_err("unpinned certificate must fail");
-    assert!(err.to_string().contains("cannot connect"), "{err}");
+    assert!(err.to_string().contains("refusing the leader"), "{err}");
 
     let wr = tokio::time::timeout(WAIT, good).await???;
     assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
@@ -328,17 +328,19 @@ async fn a_restarted_leader_resumes_without_redoing_durable_shards() -> TestResu
     let store = dir.path().join("results.bin");
     let n = 120;
 
-    // Run 1: a slow worker; stop the leader once some shards are durable.
+    // Run 1: a slow worker that finds the leader through leader.addr; stop the leader
+    // once some shards are durable.
     let leader = Leader::bind(leader_config(dir.path(), n, 10), FileSink::open(&store)?)?;
-    let addr1 = leader.local_addr();
     let stop = leader.shutdown_handle();
     let status = leader.status_handle();
     let run1 = tokio::spawn(leader.run());
-    let w1 = tokio::spawn(run_worker(
-        worker_config(dir.path(), "w1", addr1),
-        Synth::new(2, Duration::from_millis(15)),
-        ShutdownHandle::new().subscribe(),
-    ));
+    let exec1 = Synth::new(2, Duration::from_millis(15));
+    let (phase, runs1) = (exec1.phase.clone(), exec1.runs.clone());
+    let mut wc = WorkerConfig::new(dir.path(), "w1");
+    wc.idle_timeout = Duration::from_secs(5);
+    wc.connect_timeout = Duration::from_secs(1);
+    wc.reconnect_for = WAIT;
+    let w1 = tokio::spawn(run_worker(wc, exec1, ShutdownHandle::new().subscribe()));
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = status.status().await.ok_or("leader gone")?;
@@ -363,8 +365,7 @@ async fn a_restarted_leader_resumes_without_redoing_durable_shards() -> TestResu
             .contains("shut down before the job completed"),
         "{err}"
     );
-    let w1 = tokio::time::timeout(WAIT, w1).await?;
-    assert!(w1.is_ok());
+    phase.store(1, std::sync::atomic::Ordering::SeqCst);
 
     let durable = FileSink::open(&store)?.indices();
     assert!(
@@ -373,36 +374,54 @@ async fn a_restarted_leader_resumes_without_redoing_durable_shards() -> TestResu
         durable.len()
     );
 
-    // Run 2 on the same job dir: same certificate, resumes from the store.
+    // Run 2 on the same job dir: same certificate, resumes from the store; w1
+    // reconnects by itself and a new worker joins.
     let cert_before = std::fs::read(dir.path().join("cert.der"))?;
     let leader = Leader::bind(leader_config(dir.path(), n, 10), FileSink::open(&store)?)?;
     assert_eq!(std::fs::read(dir.path().join("cert.der"))?, cert_before);
     let addr2 = leader.local_addr();
+    let status2 = leader.status_handle();
     let run2 = tokio::spawn(leader.run());
-    let exec = Synth::new(4, Duration::ZERO);
-    let seen = exec.seen.clone();
-    // The worker finds the new address in leader.addr.
-    let mut wc = WorkerConfig::new(dir.path(), "w2");
-    wc.idle_timeout = Duration::from_secs(5);
-    assert_eq!(
-        overinterp_cluster::net::tls::read_leader_addr(dir.path())?,
-        addr2
+    // w1 comes back by itself (reading the new leader.addr) ...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = status2.status().await.ok_or("leader gone")?;
+        if s.workers.iter().any(|w| w.name == "w1") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "w1 never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and a new worker joins mid-job.
+    let exec2 = Synth::new(4, Duration::ZERO);
+    let runs2 = exec2.runs.clone();
+    let w2 = run_worker(
+        worker_config(dir.path(), "w2", addr2),
+        exec2,
+        ShutdownHandle::new().subscribe(),
     );
-    let wr = tokio::time::timeout(
-        WAIT,
-        run_worker(wc, exec, ShutdownHandle::new().subscribe()),
-    )
-    .await??;
-    assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
+    let w2 = tokio::time::timeout(WAIT, w2).await??;
+    assert_eq!(w2.outcome, WorkerOutcome::JobComplete);
     let report = tokio::time::timeout(WAIT, run2).await???;
+    let w1 = tokio::time::timeout(WAIT, w1).await???;
+    assert_eq!(w1.outcome, WorkerOutcome::JobComplete);
+    assert!(w1.reconnects >= 1);
     assert_eq!(report.stats.resumed, durable.len() as u64);
     assert_eq!(report.stats.accepted, n - durable.len() as u64);
-    let seen = seen.lock().expect("lock").clone();
+    // Nothing started after the restart touched a durable image.
+    let after: Vec<u64> = runs1
+        .lock()
+        .expect("lock")
+        .iter()
+        .chain(runs2.lock().expect("lock").iter())
+        .filter(|(p, _)| *p == 1)
+        .flat_map(|(_, idx)| idx.clone())
+        .collect();
+    assert!(!after.is_empty());
     assert!(
-        seen.iter().all(|i| durable.binary_search(i).is_err()),
+        after.iter().all(|i| durable.binary_search(i).is_err()),
         "redid durable images"
     );
-    assert_eq!(seen.len() + durable.len(), n as usize);
     assert_store_complete(&store, n, 56)
 }
 

@@ -48,6 +48,15 @@ pub enum NetError {
         /// Why.
         detail: String,
     },
+    /// The TLS handshake with the leader failed: it does not hold the certificate
+    /// pinned in `cert.der` (another job's leader, or an impostor). Not retried.
+    #[error("refusing the leader at {addr}: {detail}")]
+    Untrusted {
+        /// The leader address.
+        addr: SocketAddr,
+        /// The TLS error.
+        detail: String,
+    },
     /// The connection broke.
     #[error("connection to {peer} lost: {detail}")]
     ConnectionLost {

@@ -2,13 +2,17 @@
 //! secret, then pull shards and run the [`Executor`] on a dedicated thread, streaming
 //! each result as it is emitted.
 //!
-//! Threads and queues: the executor thread sends results straight into the bounded
-//! writer queue (`blocking_send`), so a slow leader blocks `emit` — that is the
-//! backpressure — and reports the end of each shard to the async loop afterwards,
-//! which keeps `ShardDone` behind the shard's results on the wire.
+//! Threads and queues: the executor thread sends results and then the end of each
+//! shard into one small bounded queue (`blocking_send`); the async loop forwards them
+//! to the bounded writer queue in order, so `ShardDone` follows the shard's results on
+//! the wire and a slow leader blocks `emit` — that is the backpressure.
 //!
 //! Shutdown (SIGTERM): the loop sets the shard's stop flag; the executor finishes its
 //! mini-batch and returns; the worker sends `Leaving{returned}` and closes.
+//!
+//! Leader loss: the executor thread outlives connections; the worker abandons the
+//! running shard (the leader requeues it) and reconnects, so a restarted leader gets
+//! its workers back.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,10 +46,14 @@ pub struct WorkerConfig {
     pub connect_timeout: Duration,
     /// QUIC idle timeout (should match the leader's).
     pub idle_timeout: Duration,
+    /// How long to keep trying to reach the leader after losing it (or before it is
+    /// up); zero gives up at once.
+    pub reconnect_for: Duration,
 }
 
 impl WorkerConfig {
-    /// Defaults: address from `leader.addr`, capacity 32, 10 s connect, 20 s idle.
+    /// Defaults: address from `leader.addr`, capacity 32, 10 s connect, 20 s idle,
+    /// 120 s of reconnect attempts.
     pub fn new(job_dir: impl Into<PathBuf>, name: impl Into<String>) -> Self {
         Self {
             leader_addr: None,
@@ -54,6 +62,7 @@ impl WorkerConfig {
             capacity: 32,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
+            reconnect_for: Duration::from_secs(120),
         }
     }
 }
@@ -78,6 +87,8 @@ pub struct WorkerReport {
     pub shards_acked: u64,
     /// Results it emitted.
     pub images_emitted: u64,
+    /// Times it reconnected to the leader (leader restarts, network breaks).
+    pub reconnects: u32,
     /// Why it stopped.
     pub outcome: WorkerOutcome,
 }
@@ -86,7 +97,18 @@ pub struct WorkerReport {
 struct Run {
     shard_id: ShardId,
     indices: Vec<u64>,
+    job_spec: Arc<str>,
     stop: Arc<AtomicBool>,
+}
+
+/// What the executor thread reports, in order: a shard's results, then its end.
+enum ExecEvent {
+    Result {
+        shard_id: ShardId,
+        index: u64,
+        payload: Vec<u8>,
+    },
+    Finished(Finished),
 }
 
 /// The executor thread's report on one shard.
@@ -99,7 +121,14 @@ struct Finished {
     panicked: bool,
 }
 
-/// Connects to the leader, runs shards until the job completes or `shutdown` fires.
+/// Results buffered between the executor and the connection: small, so a slow leader
+/// blocks `emit` quickly instead of piling up 0.4 MB results in memory.
+const EXEC_QUEUE: usize = 8;
+
+/// Connects to the leader and runs shards until the job completes or `shutdown`
+/// fires. If the leader is unreachable or its connection breaks (a leader restart),
+/// it keeps trying for `config.reconnect_for`, re-reading `leader.addr` each time
+/// unless an address was given; the executor and its loaded state survive that.
 pub async fn run_worker<E: Executor>(
     config: WorkerConfig,
     executor: E,
@@ -111,11 +140,114 @@ pub async fn run_worker<E: Executor>(
         .await
 }
 
+/// Errors after which trying again may help: the leader is not up yet, restarting,
+/// or its connection broke.
+fn retryable(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Connect { .. }
+            | NetError::ConnectionLost { .. }
+            | NetError::Timeout { .. }
+            | NetError::File { .. }
+    )
+}
+
 async fn run_worker_inner<E: Executor>(
     config: WorkerConfig,
     executor: E,
     mut shutdown: Shutdown,
 ) -> Result<WorkerReport, NetError> {
+    let (run_tx, run_rx) = std::sync::mpsc::channel::<Run>();
+    let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(EXEC_QUEUE);
+    let exec_thread = std::thread::Builder::new()
+        .name(format!("executor-{}", config.name))
+        .spawn(move || executor_loop(executor, run_rx, ev_tx))
+        .map_err(|e| NetError::Tls(format!("cannot start the executor thread: {e}")))?;
+    let mut report = WorkerReport {
+        worker_id: 0,
+        shards_finished: 0,
+        shards_acked: 0,
+        images_emitted: 0,
+        reconnects: 0,
+        outcome: WorkerOutcome::JobComplete,
+    };
+    let mut give_up_at: Option<tokio::time::Instant> = None;
+    let mut backoff = Duration::from_millis(200);
+    let result = loop {
+        let mut welcomed = false;
+        let session = session(
+            &config,
+            &mut report,
+            &run_tx,
+            &mut ev_rx,
+            &mut shutdown,
+            &mut welcomed,
+        )
+        .await;
+        if welcomed {
+            give_up_at = None;
+            backoff = Duration::from_millis(200);
+        }
+        match session {
+            Ok(outcome) => {
+                report.outcome = outcome;
+                break Ok(());
+            }
+            Err(e)
+                if retryable(&e) && !shutdown.is_shutdown() && !config.reconnect_for.is_zero() =>
+            {
+                let now = tokio::time::Instant::now();
+                let deadline = *give_up_at.get_or_insert(now + config.reconnect_for);
+                if now >= deadline {
+                    break Err(e);
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "leader unreachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.recv() => {
+                        report.outcome = WorkerOutcome::Drained;
+                        break Ok(());
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                report.reconnects += 1;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    // Let the executor thread finish: no more runs; drain its events so it never
+    // blocks on a full queue.
+    drop(run_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while ev_rx.recv().await.is_some() {}
+    })
+    .await;
+    let _ = tokio::task::spawn_blocking(move || exec_thread.join()).await;
+    result.map(|()| report)
+}
+
+/// Sets `stop` and discards events until the running shard reports its end.
+async fn abandon_shard(ev_rx: &mut mpsc::Receiver<ExecEvent>, stop: &AtomicBool) {
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(ev) = ev_rx.recv().await {
+            if matches!(ev, ExecEvent::Finished(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// One connection to the leader, from `Hello` to `JobComplete`, drain, or an error.
+async fn session(
+    config: &WorkerConfig,
+    report: &mut WorkerReport,
+    run_tx: &std::sync::mpsc::Sender<Run>,
+    ev_rx: &mut mpsc::Receiver<ExecEvent>,
+    shutdown: &mut Shutdown,
+    welcomed: &mut bool,
+) -> Result<WorkerOutcome, NetError> {
     let creds = ClientCredentials::load(&config.job_dir)?;
     let addr = match config.leader_addr {
         Some(a) => a,
@@ -160,6 +292,9 @@ async fn run_worker_inner<E: Executor>(
             })
         }
     };
+    *welcomed = true;
+    report.worker_id = worker_id;
+    let job_spec: Arc<str> = job_spec.into();
     tracing::info!(worker_id, %peer, "joined the job");
 
     // Writer task: the only owner of the send stream.
@@ -171,29 +306,6 @@ async fn run_worker_inner<E: Executor>(
         finish(&mut send, Duration::from_secs(5)).await;
         Ok::<(), NetError>(())
     });
-
-    // Executor thread.
-    let (run_tx, run_rx) = std::sync::mpsc::channel::<Run>();
-    let (fin_tx, mut fin_rx) = mpsc::unbounded_channel::<Finished>();
-    let exec_out = out_tx.clone();
-    let exec_thread = std::thread::Builder::new()
-        .name(format!("executor-{worker_id}"))
-        .spawn(move || executor_loop(executor, job_spec, run_rx, exec_out, fin_tx))
-        .map_err(|e| NetError::Tls(format!("cannot start the executor thread: {e}")))?;
-
-    let heartbeat_every = Duration::from_millis((lease_ms / 3).max(10));
-    let mut heartbeat = tokio::time::interval(heartbeat_every);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut report = WorkerReport {
-        worker_id,
-        shards_finished: 0,
-        shards_acked: 0,
-        images_emitted: 0,
-        outcome: WorkerOutcome::JobComplete,
-    };
-    let mut current: Option<(ShardId, Arc<AtomicBool>)> = None;
-    let mut draining = false;
-    let mut cancelled = false;
     let send = |msg: ToLeader| {
         let tx = out_tx.clone();
         async move {
@@ -203,61 +315,78 @@ async fn run_worker_inner<E: Executor>(
             })
         }
     };
+
+    let heartbeat_every = Duration::from_millis((lease_ms / 3).max(10));
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut current: Option<(ShardId, Arc<AtomicBool>)> = None;
+    let mut draining = false;
+    let mut cancelled = false;
     send(ToLeader::RequestShard).await?;
-    let result: Result<(), NetError> = loop {
+    let result: Result<WorkerOutcome, NetError> = loop {
         tokio::select! {
             _ = shutdown.recv(), if !draining => {
                 draining = true;
-                report.outcome = WorkerOutcome::Drained;
                 tracing::info!("shutdown: finishing the current mini-batch, then leaving");
                 match &current {
                     Some((_, stop)) => stop.store(true, Ordering::SeqCst),
                     None => {
                         send(ToLeader::Leaving { returned: None }).await?;
-                        break Ok(());
+                        break Ok(WorkerOutcome::Drained);
                     }
                 }
             }
-            fin = fin_rx.recv() => {
-                let Some(fin) = fin else {
-                    break Err(NetError::ExecutorPanicked { shard: current.as_ref().map_or(0, |c| c.0), message: "executor thread exited".into() });
-                };
-                current = None;
-                report.images_emitted += fin.emitted as u64;
-                if fin.panicked {
-                    let _ = send(ToLeader::ShardFailed { shard_id: fin.shard_id, reason: fin.outcome.clone().err().unwrap_or_default() }).await;
-                    break Err(NetError::ExecutorPanicked { shard: fin.shard_id, message: fin.outcome.err().unwrap_or_default() });
+            ev = ev_rx.recv() => match ev {
+                None => {
+                    break Err(NetError::ExecutorPanicked {
+                        shard: current.as_ref().map_or(0, |c| c.0),
+                        message: "executor thread exited".into(),
+                    })
                 }
-                let whole = fin.emitted >= fin.assigned;
-                match fin.outcome {
-                    Err(reason) => send(ToLeader::ShardFailed { shard_id: fin.shard_id, reason }).await?,
-                    Ok(()) if whole => {
-                        report.shards_finished += 1;
-                        send(ToLeader::ShardDone { shard_id: fin.shard_id }).await?;
+                Some(ExecEvent::Result { shard_id, index, payload }) => {
+                    // Awaiting here is the backpressure from the leader to `emit`.
+                    send(ToLeader::Result { shard_id, index, payload }).await?;
+                }
+                Some(ExecEvent::Finished(fin)) => {
+                    current = None;
+                    report.images_emitted += fin.emitted as u64;
+                    if fin.panicked {
+                        let reason = fin.outcome.err().unwrap_or_default();
+                        let _ = send(ToLeader::ShardFailed { shard_id: fin.shard_id, reason: reason.clone() }).await;
+                        break Err(NetError::ExecutorPanicked { shard: fin.shard_id, message: reason });
                     }
-                    Ok(()) if draining && !cancelled => {
-                        send(ToLeader::Leaving { returned: Some(fin.shard_id) }).await?;
-                        break Ok(());
+                    let whole = fin.emitted >= fin.assigned;
+                    match fin.outcome {
+                        Err(reason) => send(ToLeader::ShardFailed { shard_id: fin.shard_id, reason }).await?,
+                        Ok(()) if whole => {
+                            report.shards_finished += 1;
+                            send(ToLeader::ShardDone { shard_id: fin.shard_id }).await?;
+                        }
+                        Ok(()) if draining && !cancelled => {
+                            send(ToLeader::Leaving { returned: Some(fin.shard_id) }).await?;
+                            break Ok(WorkerOutcome::Drained);
+                        }
+                        Ok(()) => {} // cancelled: a twin finished the shard first
                     }
-                    Ok(()) => {} // cancelled: a twin finished the shard first
+                    cancelled = false;
+                    if draining {
+                        send(ToLeader::Leaving { returned: None }).await?;
+                        break Ok(WorkerOutcome::Drained);
+                    }
+                    send(ToLeader::RequestShard).await?;
                 }
-                cancelled = false;
-                if draining {
-                    send(ToLeader::Leaving { returned: None }).await?;
-                    break Ok(());
-                }
-                send(ToLeader::RequestShard).await?;
-            }
+            },
             frame = reader.read::<ToWorker>() => match frame {
                 Ok(Some(ToWorker::Assign { shard_id, indices, .. })) => {
                     if draining {
                         send(ToLeader::Leaving { returned: Some(shard_id) }).await?;
-                        break Ok(());
+                        break Ok(WorkerOutcome::Drained);
                     }
                     tracing::debug!(shard_id, images = indices.len(), "assigned");
                     let stop = Arc::new(AtomicBool::new(false));
                     current = Some((shard_id, stop.clone()));
-                    if run_tx.send(Run { shard_id, indices, stop }).is_err() {
+                    let run = Run { shard_id, indices, job_spec: job_spec.clone(), stop };
+                    if run_tx.send(run).is_err() {
                         break Err(NetError::ExecutorPanicked { shard: shard_id, message: "executor thread exited".into() });
                     }
                 }
@@ -272,13 +401,15 @@ async fn run_worker_inner<E: Executor>(
                 }
                 Ok(Some(ToWorker::JobComplete)) => {
                     tracing::info!("job complete");
-                    if let Some((_, stop)) = &current { stop.store(true, Ordering::SeqCst); }
-                    report.outcome = WorkerOutcome::JobComplete;
-                    break Ok(());
+                    break Ok(WorkerOutcome::JobComplete);
                 }
                 Ok(Some(ToWorker::Reject { reason })) => break Err(NetError::Refused { peer, reason }),
-                Ok(Some(other)) => break Err(NetError::Protocol { peer, detail: format!("unexpected {other:?}") }),
-                Ok(None) => break Err(NetError::ConnectionLost { peer, detail: "leader closed the stream".into() }),
+                Ok(Some(other)) => {
+                    break Err(NetError::Protocol { peer, detail: format!("unexpected {other:?}") })
+                }
+                Ok(None) => {
+                    break Err(NetError::ConnectionLost { peer, detail: "leader closed the stream".into() })
+                }
                 Err(e) => break Err(e),
             },
             _ = heartbeat.tick() => {
@@ -288,19 +419,16 @@ async fn run_worker_inner<E: Executor>(
         }
     };
 
-    // Tear down: stop the executor, flush the writer, close.
+    // Tear down: stop a shard still running (its results are not needed any more),
+    // flush the writer, close.
     if let Some((_, stop)) = &current {
-        stop.store(true, Ordering::SeqCst);
+        abandon_shard(ev_rx, stop).await;
     }
-    drop(run_tx);
     drop(out_tx);
-    // The executor may be blocked in `emit` on a full queue; keep draining until it exits.
-    let joined = tokio::task::spawn_blocking(move || exec_thread.join());
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
     conn.close(0u32.into(), b"worker leaving");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), joined).await;
-    result.map(|()| report)
+    result
 }
 
 async fn connect(
@@ -333,7 +461,14 @@ async fn connect(
     let conn = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| connect_err(format!("no answer within {:.1} s", timeout.as_secs_f64())))?
-        .map_err(|e| connect_err(format!("{e} (is cert.der from this job's directory?)")))?;
+        .map_err(|e| match e {
+            // A TLS failure: retrying cannot help (typically a certificate mismatch).
+            quinn::ConnectionError::TransportError(t) => NetError::Untrusted {
+                addr,
+                detail: format!("{t} (is cert.der from this job's directory?)"),
+            },
+            e => connect_err(e.to_string()),
+        })?;
     let (send, recv) = conn
         .open_bi()
         .await
@@ -376,14 +511,13 @@ pub(crate) async fn status_exchange(
 
 fn executor_loop<E: Executor>(
     mut executor: E,
-    job_spec: String,
     runs: std::sync::mpsc::Receiver<Run>,
-    out: mpsc::Sender<ToLeader>,
-    finished: mpsc::UnboundedSender<Finished>,
+    events: mpsc::Sender<ExecEvent>,
 ) {
     for Run {
         shard_id,
         indices,
+        job_spec,
         stop,
     } in runs
     {
@@ -392,12 +526,13 @@ fn executor_loop<E: Executor>(
             if indices.binary_search(&index).is_err() {
                 return Err(EmitError::NotAssigned { index });
             }
-            out.blocking_send(ToLeader::Result {
-                shard_id,
-                index,
-                payload,
-            })
-            .map_err(|_| EmitError::Disconnected)?;
+            events
+                .blocking_send(ExecEvent::Result {
+                    shard_id,
+                    index,
+                    payload,
+                })
+                .map_err(|_| EmitError::Disconnected)?;
             emitted += 1;
             Ok(())
         };
@@ -423,7 +558,7 @@ fn executor_loop<E: Executor>(
             outcome,
             panicked,
         };
-        if finished.send(fin).is_err() || panicked {
+        if events.blocking_send(ExecEvent::Finished(fin)).is_err() || panicked {
             return;
         }
     }

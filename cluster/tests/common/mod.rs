@@ -54,6 +54,11 @@ pub struct Synth {
     pub seen: Arc<Mutex<Vec<u64>>>,
     /// When set, the executor blocks (as if hung) after emitting this many images.
     pub hang_after: Option<Arc<(AtomicUsize, AtomicBool)>>,
+    /// A phase number the test bumps (e.g. at a leader restart); every run records
+    /// the phase it started in next to its indices in `runs`.
+    pub phase: Arc<AtomicUsize>,
+    /// (phase, indices) of every run.
+    pub runs: Arc<Mutex<Vec<(usize, Vec<u64>)>>>,
 }
 
 impl Synth {
@@ -64,6 +69,8 @@ impl Synth {
             payload_len: 56,
             seen: Arc::default(),
             hang_after: None,
+            phase: Arc::default(),
+            runs: Arc::default(),
         }
     }
 }
@@ -83,6 +90,11 @@ impl Executor for Synth {
             .lock()
             .expect("lock")
             .extend_from_slice(shard_indices);
+        let phase = self.phase.load(Ordering::SeqCst);
+        self.runs
+            .lock()
+            .expect("lock")
+            .push((phase, shard_indices.to_vec()));
         for chunk in shard_indices.chunks(self.batch) {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
