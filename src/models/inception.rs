@@ -76,6 +76,8 @@ fn max_pool_3x3_s2(xs: &Tensor) -> Tensor {
 }
 
 /// One of the Mixed blocks, each named by torchvision's class for it.
+// Built once per model; boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Mixed {
     /// InceptionA: 1×1 | 1×1→5×5 | 1×1→3×3→3×3 | avg-pool→1×1.

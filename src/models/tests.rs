@@ -101,9 +101,12 @@ fn small_cnn_has_421738_parameters() -> TestResult {
     Ok(())
 }
 
+/// `(parameter or buffer name, shape)`, sorted by name.
+type KeyShapes = Vec<(String, Vec<i64>)>;
+
 /// Reads `torchvision_<name>_keys.txt` (written by the fixture script from torchvision
 /// 0.26.0's `state_dict()`, `num_batches_tracked` left out) as sorted `(key, shape)`.
-fn torchvision_keys(name: &str) -> Result<Vec<(String, Vec<i64>)>, Box<dyn std::error::Error>> {
+fn torchvision_keys(name: &str) -> Result<KeyShapes, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(fixture(&format!("torchvision_{name}_keys.txt")))?;
     let mut keys = Vec::new();
     for line in text
@@ -122,7 +125,7 @@ fn torchvision_keys(name: &str) -> Result<Vec<(String, Vec<i64>)>, Box<dyn std::
     Ok(keys)
 }
 
-fn our_keys(vs: &nn::VarStore) -> Vec<(String, Vec<i64>)> {
+fn our_keys(vs: &nn::VarStore) -> KeyShapes {
     let mut keys: Vec<_> = vs
         .variables()
         .into_iter()

@@ -35,6 +35,8 @@ const VGG16_LAYERS: [Option<i64>; 18] = [
     None,
 ];
 
+// Built once per model; boxing the conv variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Layer {
     ConvBnRelu(nn::Conv2D, nn::BatchNorm),
