@@ -10,13 +10,22 @@ fn config(epochs: usize) -> TrainConfig {
     TrainConfig {
         epochs,
         batch_size: 32,
-        schedule: StepSchedule { lr: 0.05, milestones: vec![6], gamma: 0.2 },
+        schedule: StepSchedule {
+            lr: 0.05,
+            milestones: vec![6],
+            gamma: 0.2,
+        },
         augment: false,
         ..TrainConfig::default()
     }
 }
 
-fn run(model: &mut Mlp, data: &Synthetic, epochs: usize, dir: &std::path::Path) -> Vec<train::EpochMetrics> {
+fn run(
+    model: &mut Mlp,
+    data: &Synthetic,
+    epochs: usize,
+    dir: &std::path::Path,
+) -> Vec<train::EpochMetrics> {
     train::train(TrainJob {
         model,
         model_config: serde_json::json!({"arch": "test-mlp"}),
@@ -38,7 +47,10 @@ fn tiny_model_learns_a_planted_pixel_to_near_perfect_accuracy() {
     let before = eval::evaluate(&model, &data, None, 128).unwrap().top1;
     let metrics = run(&mut model, &data, 8, dir.path());
     let after = eval::evaluate(&model, &data, None, 128).unwrap().top1;
-    assert!(before < 0.5, "an untrained model is near chance (0.25), got {before}");
+    assert!(
+        before < 0.5,
+        "an untrained model is near chance (0.25), got {before}"
+    );
     assert!(after >= 0.98, "trained accuracy {after}");
     assert_eq!(metrics.len(), 8);
     // The metrics file has one JSON line per epoch.
@@ -57,7 +69,10 @@ fn checkpoint_reload_gives_identical_logits() {
     let (xs, _) = overinterp::data::batch(&data, &[0, 1, 2, 3], tch::Device::Cpu).unwrap();
     let a = train::logits(&model, &xs).unwrap();
     let b = train::logits(&fresh, &xs).unwrap();
-    assert_eq!(Vec::<f32>::try_from(a.flatten(0, -1)).unwrap(), Vec::<f32>::try_from(b.flatten(0, -1)).unwrap());
+    assert_eq!(
+        Vec::<f32>::try_from(a.flatten(0, -1)).unwrap(),
+        Vec::<f32>::try_from(b.flatten(0, -1)).unwrap()
+    );
 }
 
 #[test]
@@ -73,9 +88,14 @@ fn resume_continues_from_the_saved_epoch_and_equals_an_uninterrupted_run() {
     // A new process would rebuild the model from scratch: different initial weights.
     let mut c = Mlp::new([1, 4, 4], 4, 7);
     let rest = run(&mut c, &data, 4, resumed.path());
-    assert_eq!(rest.iter().map(|m| m.epoch).collect::<Vec<_>>(), vec![3, 4], "only epochs 3 and 4 run");
+    assert_eq!(
+        rest.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        vec![3, 4],
+        "only epochs 3 and 4 run"
+    );
 
-    let (xs, _) = overinterp::data::batch(&data, &(0..16).collect::<Vec<_>>(), tch::Device::Cpu).unwrap();
+    let (xs, _) =
+        overinterp::data::batch(&data, &(0..16).collect::<Vec<_>>(), tch::Device::Cpu).unwrap();
     let la = Vec::<f32>::try_from(train::logits(&a, &xs).unwrap().flatten(0, -1)).unwrap();
     let lc = Vec::<f32>::try_from(train::logits(&c, &xs).unwrap().flatten(0, -1)).unwrap();
     for (x, y) in la.iter().zip(&lc) {

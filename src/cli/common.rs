@@ -15,18 +15,32 @@ pub struct DataArgs {
     /// Dataset as KIND:PATH. KIND is one of cifar10, cifar10c, fashion-mnist, mnist,
     /// imagenet; PATH is the directory holding its files, e.g.
     /// `fashion-mnist:/usr/share/datasets/fashion-mnist` or `cifar10:~/data/cifar-10-batches-bin`.
+    /// `fashion-mnist` alone means Debian's folder (`apt-get install dataset-fashion-mnist`).
     #[arg(long, value_name = "KIND:PATH")]
     pub data: String,
+    /// Reader options, repeatable: CIFAR-10-C `corruptions=fog,snow`, `severities=1,5`,
+    /// `sample=2000`, `seed=0`; ImageNet `crop=224|299`, `bad-files=fail|skip`.
+    #[arg(long = "data-opt", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
     /// Use only the first N images of each split (quick experiments).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
 }
 
 impl DataArgs {
+    /// The validated dataset spec.
+    pub fn spec(&self) -> anyhow::Result<data::DatasetSpec> {
+        let mut spec: data::DatasetSpec = self.data.parse().with_context(|| format!("--data {}", self.data))?;
+        for option in &self.options {
+            spec.set_option(option).with_context(|| format!("--data-opt {option}"))?;
+        }
+        Ok(spec)
+    }
+
     /// Opens `split` of the dataset, cut to `--limit` images if given.
     pub fn open(&self, split: Split) -> anyhow::Result<Box<dyn ImageSource>> {
-        let spec: data::DatasetSpec = self.data.parse().with_context(|| format!("--data {}", self.data))?;
-        let source = data::open_dataset(&spec, split).with_context(|| format!("opening --data {} ({split} split)", self.data))?;
+        let source = data::open_dataset(&self.spec()?, split)
+            .with_context(|| format!("opening --data {} ({split} split)", self.data))?;
         Ok(match self.limit {
             Some(n) if n < source.len() => {
                 let indices: Vec<usize> = (0..n).collect();

@@ -60,9 +60,10 @@ impl Versions {
 /// Writes a checkpoint into `dir` (created if missing).
 pub fn save(dir: &Path, vs: &VarStore, optimizer: &[(String, Tensor)], config: &CheckpointConfig) -> Result<(), TrainError> {
     fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    let model_tmp = dir.join(format!("{MODEL_FILE}.tmp"));
+    // tch picks the format from the extension: the temp name must end in .safetensors.
+    let model_tmp = dir.join(format!("tmp.{MODEL_FILE}"));
     vs.save(&model_tmp).map_err(|e| TrainError::Checkpoint { path: model_tmp.clone(), problem: e.to_string() })?;
-    let opt_tmp = dir.join(format!("{OPTIMIZER_FILE}.tmp"));
+    let opt_tmp = dir.join(format!("tmp.{OPTIMIZER_FILE}"));
     let named: Vec<(&str, &Tensor)> = optimizer.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(&named, &opt_tmp)
         .map_err(|e| TrainError::Checkpoint { path: opt_tmp.clone(), problem: e.to_string() })?;

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: small real models and datasets.
 #![allow(dead_code)]
 
+pub mod slurm;
+
 use overinterp::data::{DataError, ImageSource, Normalization};
 use overinterp::models::{Classifier, ModelError};
 use tch::{nn, nn::Module, Device, Tensor};
@@ -30,7 +32,12 @@ impl Synthetic {
             pixels[i * p + y] = 255;
             labels.push(y as i64);
         }
-        Self { pixels, labels, shape, classes }
+        Self {
+            pixels,
+            labels,
+            shape,
+            classes,
+        }
     }
 }
 
@@ -48,15 +55,30 @@ impl ImageSource for Synthetic {
         self.classes
     }
     fn normalization(&self) -> Normalization {
-        Normalization { mean: vec![0.25], std: vec![0.3] }
+        Normalization {
+            mean: vec![0.25],
+            std: vec![0.3],
+        }
     }
     fn label(&self, index: usize) -> Result<i64, DataError> {
-        self.labels.get(index).copied().ok_or(DataError::OutOfRange { index, len: self.len() })
+        self.labels
+            .get(index)
+            .copied()
+            .ok_or(DataError::OutOfRange {
+                index,
+                len: self.len(),
+            })
     }
     fn read_pixels(&self, indices: &[usize], out: &mut [u8]) -> Result<(), DataError> {
         let p = self.shape.iter().product::<usize>();
         for (k, &i) in indices.iter().enumerate() {
-            let src = self.pixels.get(i * p..(i + 1) * p).ok_or(DataError::OutOfRange { index: i, len: self.len() })?;
+            let src = self
+                .pixels
+                .get(i * p..(i + 1) * p)
+                .ok_or(DataError::OutOfRange {
+                    index: i,
+                    len: self.len(),
+                })?;
             out[k * p..(k + 1) * p].copy_from_slice(src);
         }
         Ok(())
@@ -85,7 +107,12 @@ impl Mlp {
             .add(nn::linear(p / "fc1", inputs, 32, Default::default()))
             .add_fn(|x| x.relu())
             .add(nn::linear(p / "fc2", 32, classes, Default::default()));
-        Self { vs, net, classes, shape }
+        Self {
+            vs,
+            net,
+            classes,
+            shape,
+        }
     }
 }
 
