@@ -425,6 +425,28 @@ mod tests {
         }
     }
 
+    /// `ncclGetUniqueId` needs no GPU: where NCCL loads, ids are created and differ
+    /// between calls (each names a fresh bootstrap endpoint); where it does not, the
+    /// error names the library.
+    #[test]
+    fn unique_id_is_created_where_nccl_loads_and_refused_clearly_elsewhere() {
+        // SAFETY: only dlopen attempts.
+        let present = unsafe { nccl_sys::is_culib_present() };
+        let first = std::panic::catch_unwind(NcclAllReduce::unique_id).expect("unique_id panicked");
+        match (present, first) {
+            (true, Ok(a)) => {
+                let b = NcclAllReduce::unique_id().expect("second id");
+                assert!(a.iter().any(|x| *x != 0), "id is all zeros");
+                assert_ne!(a, b, "two ids are identical");
+            }
+            (false, Err(CollectiveError::LibraryUnavailable { library, detail })) => {
+                assert!(library.contains("libnccl.so"), "{library}");
+                assert!(detail.contains("scripts/setup"), "{detail}");
+            }
+            (present, other) => panic!("NCCL present={present}, got {other:?}"),
+        }
+    }
+
     #[test]
     fn missing_nccl_id_is_refused_before_touching_cuda() {
         let rendezvous = Rendezvous {

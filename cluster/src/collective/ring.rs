@@ -22,6 +22,7 @@
 //! out. A rank that sees a failure sends an abort frame naming the failed rank to its
 //! successor, so every survivor's error blames the same rank instead of its neighbour.
 
+use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -106,6 +107,11 @@ struct Links {
     writer: Option<JoinHandle<()>>,
     /// Receive buffer for one payload.
     scratch: Vec<u8>,
+    /// How often a waiting rank sends a keepalive (the poll interval).
+    keepalive_every: Duration,
+    /// When this rank last sent one: keepalives go out on a clock, not only when a read
+    /// times out, because a predecessor's own keepalives can keep every read busy.
+    last_keepalive: Cell<Instant>,
 }
 
 /// Which collective is running, for error messages and frame checks.
@@ -503,6 +509,8 @@ impl Links {
             writer_error,
             writer: Some(writer),
             scratch: Vec::new(),
+            keepalive_every: config.poll_interval,
+            last_keepalive: Cell::new(Instant::now()),
         })
     }
 
@@ -561,6 +569,8 @@ impl Links {
             next_addr: self.next_addr,
             writer_error: &self.writer_error,
             to_writer: self.to_writer.as_ref(),
+            keepalive_every: self.keepalive_every,
+            last_keepalive: &self.last_keepalive,
         };
         let header = loop {
             let mut head = [0u8; HEADER_BYTES];
@@ -722,6 +732,10 @@ struct PollCtx<'a> {
     writer_error: &'a Mutex<Option<std::io::Error>>,
     /// The writer queue, for keepalives; `None` after an abort.
     to_writer: Option<&'a mpsc::Sender<Vec<u8>>>,
+    /// How often to send a keepalive while waiting.
+    keepalive_every: Duration,
+    /// When the last one went out.
+    last_keepalive: &'a Cell<Instant>,
 }
 
 impl PollCtx<'_> {
@@ -731,6 +745,29 @@ impl PollCtx<'_> {
             addr: self.prev_addr,
             detail,
         }
+    }
+
+    /// Tells the next rank "alive, in the collective, waiting" if the last keepalive is
+    /// older than the poll interval.
+    fn keepalive(&self) {
+        let Some(tx) = self.to_writer else {
+            return;
+        };
+        if self.last_keepalive.get().elapsed() < self.keepalive_every {
+            return;
+        }
+        self.last_keepalive.set(Instant::now());
+        let mut frame = Vec::with_capacity(HEADER_BYTES);
+        Header {
+            kind: Kind::Keepalive,
+            op_seq: 0,
+            total_len: 0,
+            offset: 0,
+            count: 0,
+            step: 0,
+        }
+        .encode(&mut frame);
+        let _ = tx.send(frame);
     }
 
     fn prev_disconnected(&self, source: std::io::Error) -> CollectiveError {
@@ -755,7 +792,18 @@ fn read_polled(
     let mut filled = 0;
     let mut last_progress = Instant::now();
     while filled < buf.len() {
-        match stream.read(&mut buf[filled..]) {
+        let read = stream.read(&mut buf[filled..]);
+        // Checked on every wake-up, data or not: the previous rank's keepalives can keep
+        // reads busy while the next rank is long gone.
+        if let Some(source) = ctx.writer_error.lock().ok().and_then(|mut e| e.take()) {
+            return Err(CollectiveError::PeerDisconnected {
+                peer: ctx.next_rank,
+                addr: ctx.next_addr,
+                op: ctx.op.name(),
+                source,
+            });
+        }
+        match read {
             Ok(0) => {
                 return Err(ctx.prev_disconnected(std::io::Error::new(
                     ErrorKind::UnexpectedEof,
@@ -765,17 +813,10 @@ fn read_polled(
             Ok(n) => {
                 filled += n;
                 last_progress = Instant::now();
+                ctx.keepalive();
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                if let Some(source) = ctx.writer_error.lock().ok().and_then(|mut e| e.take()) {
-                    return Err(CollectiveError::PeerDisconnected {
-                        peer: ctx.next_rank,
-                        addr: ctx.next_addr,
-                        op: ctx.op.name(),
-                        source,
-                    });
-                }
                 let waited = last_progress.elapsed();
                 if waited >= ctx.op_timeout {
                     return Err(CollectiveError::PeerTimeout {
@@ -785,19 +826,7 @@ fn read_polled(
                         waited,
                     });
                 }
-                if let Some(tx) = ctx.to_writer {
-                    let mut frame = Vec::with_capacity(HEADER_BYTES);
-                    Header {
-                        kind: Kind::Keepalive,
-                        op_seq: 0,
-                        total_len: 0,
-                        offset: 0,
-                        count: 0,
-                        step: 0,
-                    }
-                    .encode(&mut frame);
-                    let _ = tx.send(frame);
-                }
+                ctx.keepalive();
             }
             Err(source) => return Err(ctx.prev_disconnected(source)),
         }

@@ -228,7 +228,7 @@ enum Fault {
 /// Returns each real rank's error and how long it took to appear.
 fn gang_with_faulty_rank(
     fault: Fault,
-    config: RingConfig,
+    config_of_rank: impl Fn(usize) -> RingConfig,
 ) -> Vec<(usize, CollectiveError, Duration)> {
     let n = 4;
     let faulty = 2;
@@ -241,7 +241,7 @@ fn gang_with_faulty_rank(
         let (ready, release_fake, config) = (
             Arc::clone(&ready),
             Arc::clone(&release_fake),
-            config.clone(),
+            config_of_rank(rdv.rank),
         );
         if rdv.rank == faulty {
             fake = Some(std::thread::spawn(move || {
@@ -317,7 +317,7 @@ fn peer_dying_mid_reduce_is_blamed_by_every_survivor_quickly() {
         op_timeout: Duration::from_secs(60),
         ..RingConfig::default()
     };
-    let results = gang_with_faulty_rank(Fault::DieMidFrame, config);
+    let results = gang_with_faulty_rank(Fault::DieMidFrame, |_| config.clone());
     assert_eq!(results.len(), 3);
     for (rank, err, took) in results {
         assert_eq!(
@@ -338,13 +338,17 @@ fn peer_dying_mid_reduce_is_blamed_by_every_survivor_quickly() {
 
 #[test]
 fn hung_peer_times_out_and_the_timeout_travels_round_the_ring() {
-    let config = RingConfig {
+    // Rank 3 waits 800 ms on the silent rank 2. Ranks 0 and 1 have a shorter timeout
+    // (timeouts are local), yet must not blame their neighbours: those are inside the
+    // collective, waiting too, and say so with keepalives. They learn of rank 2 from
+    // rank 3's abort.
+    let config_of_rank = |rank: usize| RingConfig {
         chunk_floats: 100,
-        op_timeout: Duration::from_millis(800),
+        op_timeout: Duration::from_millis(if rank == 3 { 800 } else { 400 }),
         poll_interval: Duration::from_millis(50),
         ..RingConfig::default()
     };
-    let results = gang_with_faulty_rank(Fault::Hang, config);
+    let results = gang_with_faulty_rank(Fault::Hang, config_of_rank);
     for (rank, err, took) in results {
         assert_eq!(
             err.failed_rank(),
@@ -353,7 +357,7 @@ fn hung_peer_times_out_and_the_timeout_travels_round_the_ring() {
         );
         assert!(
             took >= Duration::from_millis(800),
-            "rank {rank} gave up early: {took:?}"
+            "rank {rank} gave up before rank 3's timeout: {took:?}"
         );
         assert!(took < Duration::from_secs(10), "rank {rank} took {took:?}");
         match (rank, &err) {
