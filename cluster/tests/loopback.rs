@@ -471,3 +471,105 @@ async fn a_draining_worker_returns_its_shard_and_leaves() -> TestResult {
     assert_eq!(report.stats.accepted + report.stats.duplicates, 40);
     assert_store_complete(&store, 40, 56)
 }
+
+/// A sink that takes `delay` per append, counting appends.
+struct SlowSink {
+    inner: FileSink,
+    delay: Duration,
+    appended: Arc<AtomicUsize>,
+}
+
+impl overinterp_cluster::ResultSink for SlowSink {
+    fn durable_indices(&self) -> Vec<u64> {
+        self.inner.durable_indices()
+    }
+    fn append(
+        &mut self,
+        index: u64,
+        payload: &[u8],
+    ) -> Result<bool, overinterp_cluster::SinkError> {
+        std::thread::sleep(self.delay);
+        self.appended.fetch_add(1, Ordering::SeqCst);
+        self.inner.append(index, payload)
+    }
+    fn sync(&mut self) -> Result<(), overinterp_cluster::SinkError> {
+        self.inner.sync()
+    }
+}
+
+/// Counts images emitted (emit returned), to compare with the sink.
+struct Counting {
+    inner: Synth,
+    emitted: Arc<AtomicUsize>,
+}
+
+impl overinterp_cluster::Executor for Counting {
+    fn run(
+        &mut self,
+        job_spec: &str,
+        shard_indices: &[u64],
+        emit: &mut dyn FnMut(u64, Vec<u8>) -> Result<(), overinterp_cluster::EmitError>,
+        stop: &AtomicBool,
+    ) -> Result<(), overinterp_cluster::ExecError> {
+        let emitted = self.emitted.clone();
+        let mut counting = |i: u64, p: Vec<u8>| {
+            emit(i, p)?;
+            emitted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        self.inner.run(job_spec, shard_indices, &mut counting, stop)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_slows_the_executor_instead_of_buffering_everything() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let n = 400u64;
+    let payload_len = 200_000;
+    let appended = Arc::new(AtomicUsize::new(0));
+    let sink = SlowSink {
+        inner: FileSink::open(&store)?,
+        delay: Duration::from_millis(5),
+        appended: appended.clone(),
+    };
+    let leader = Leader::bind(leader_config(dir.path(), n, 50), sink)?;
+    let addr = leader.local_addr();
+    let leader_task = tokio::spawn(leader.run());
+    let mut synth = Synth::new(8, Duration::ZERO);
+    synth.payload_len = payload_len;
+    let emitted = Arc::new(AtomicUsize::new(0));
+    let exec = Counting {
+        inner: synth,
+        emitted: emitted.clone(),
+    };
+    let worker = tokio::spawn(run_worker(
+        worker_config(dir.path(), "fast", addr),
+        exec,
+        ShutdownHandle::new().subscribe(),
+    ));
+    // Without backpressure the executor would emit all 400 at once. With it, what is
+    // ahead of the sink is bounded by the queues: worker 8 + 16, the leader's stream
+    // window 8 MiB / 200 kB = 42, leader events 64, sink 32, plus a few in hand.
+    let bound = 8 + 16 + 42 + 64 + 32 + 8;
+    let mut max_lead = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !worker.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "job did not finish");
+        let lead = emitted
+            .load(Ordering::SeqCst)
+            .saturating_sub(appended.load(Ordering::SeqCst));
+        max_lead = max_lead.max(lead);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        max_lead <= bound,
+        "executor ran {max_lead} images ahead of the sink (bound {bound})"
+    );
+    assert!(max_lead > 0);
+    let wr = worker.await??;
+    assert_eq!(wr.outcome, WorkerOutcome::JobComplete);
+    tokio::time::timeout(WAIT, leader_task).await???;
+    assert_store_complete(&store, n, payload_len)
+}

@@ -138,9 +138,9 @@ pub async fn run_leader<S: ResultSink>(
 }
 
 /// Events buffered between connections and the loop; bounds memory under a slow sink.
-const EVENT_QUEUE: usize = 256;
+const EVENT_QUEUE: usize = 64;
 /// Appends buffered for the sink thread (each up to one result payload).
-const SINK_QUEUE: usize = 64;
+const SINK_QUEUE: usize = 32;
 
 impl Leader {
     /// Loads or creates the job credentials, reads the store's durable indices, binds

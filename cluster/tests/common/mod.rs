@@ -44,6 +44,9 @@ pub fn payload(index: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// (phase it started in, indices) of one executor run.
+pub type PhasedRun = (usize, Vec<u64>);
+
 /// A deterministic executor: mini-batches of `batch`, optional delay per batch,
 /// records every index it was asked to run.
 #[derive(Clone)]
@@ -58,7 +61,7 @@ pub struct Synth {
     /// the phase it started in next to its indices in `runs`.
     pub phase: Arc<AtomicUsize>,
     /// (phase, indices) of every run.
-    pub runs: Arc<Mutex<Vec<(usize, Vec<u64>)>>>,
+    pub runs: Arc<Mutex<Vec<PhasedRun>>>,
 }
 
 impl Synth {
