@@ -1,0 +1,136 @@
+//! Exact BackSelect (Carter et al. 2019): at every step, try removing each
+//! remaining pixel and keep the removal that leaves the highest `f`.
+//!
+//! Candidates of all images of a call are pooled into one list and evaluated in
+//! forwards of `candidate_batch` masked images under `no_grad`. A batch is built
+//! with three tensor ops (gather the current images, knock one pixel out of a block
+//! of ones with a scatter, one broadcast multiply); the only per-step host work is
+//! the argmax over the returned confidences and the bookkeeping of which pixels
+//! remain.
+
+use tch::{Device, Kind, Tensor};
+
+use super::engine::{BackSelectInput, Evaluator, Health};
+use super::{BackSelectTrace, SisError};
+
+/// Runs exact BackSelect for every job of `input` (job `j`: image `xs[j]`, pixels
+/// `present[j]` present, target class `targets[j]`), one pixel per step until
+/// none remain, or for at most `max_steps` steps (for benchmarks; the traces are
+/// then partial). Ties in `f` go to the lowest pixel index.
+pub fn exact_backselect(
+    eval: &Evaluator,
+    input: &BackSelectInput,
+    candidate_batch: usize,
+    max_steps: Option<usize>,
+) -> Result<Vec<BackSelectTrace>, SisError> {
+    let _guard = tch::no_grad_guard();
+    let jobs = input.targets.len();
+    let (p, h, w, device) = input.geometry()?;
+    let candidate_batch = candidate_batch.max(1) as i64;
+    let mut health = Health::new(input.images);
+
+    // Host bookkeeping: remaining pixels per job, ascending (so the first maximum
+    // in a job's segment is the lowest pixel index).
+    let mut remaining: Vec<Vec<u32>> = input
+        .present
+        .iter()
+        .map(|pr| {
+            pr.iter()
+                .enumerate()
+                .filter(|(_, &on)| on)
+                .map(|(q, _)| q as u32)
+                .collect()
+        })
+        .collect();
+    let mut traces: Vec<BackSelectTrace> = (0..jobs)
+        .map(|j| BackSelectTrace {
+            order: Vec::with_capacity(remaining[j].len()),
+            block_ends: Vec::with_capacity(remaining[j].len()),
+            history: Vec::with_capacity(remaining[j].len()),
+        })
+        .collect();
+
+    // Device state: present mask [J, p] (flat view for index_fill_) and the masked
+    // images it yields.
+    let mut present_flat = Tensor::from_slice(&input.present_f32()).f_to_device(device)?;
+    let targets = Tensor::from_slice(input.targets).f_to_device(device)?;
+    let ones = Tensor::f_ones([candidate_batch, p], (Kind::Float, device))?;
+    let mut x_cur = input
+        .xs
+        .f_mul(&present_flat.f_view([jobs as i64, 1, h, w])?)?;
+
+    let mut step = 0usize;
+    loop {
+        if max_steps.is_some_and(|m| step >= m) {
+            break;
+        }
+        // Flattened candidate list: (job, pixel) for every remaining pixel.
+        let total: usize = remaining.iter().map(Vec::len).sum();
+        if total == 0 {
+            break;
+        }
+        let mut job_idx = Vec::with_capacity(total);
+        let mut pix_idx = Vec::with_capacity(total);
+        for (j, rem) in remaining.iter().enumerate() {
+            for &q in rem {
+                job_idx.push(j as i64);
+                pix_idx.push(i64::from(q));
+            }
+        }
+        let job_t = Tensor::from_slice(&job_idx).f_to_device(device)?;
+        let pix_t = Tensor::from_slice(&pix_idx).f_to_device(device)?;
+        let mut confidences = Vec::with_capacity(total.div_ceil(candidate_batch as usize));
+        let mut start = 0i64;
+        while start < total as i64 {
+            let len = candidate_batch.min(total as i64 - start);
+            let jb = job_t.f_narrow(0, start, len)?;
+            let pb = pix_t.f_narrow(0, start, len)?;
+            // [len, p] ones with a 0 at each candidate's pixel, broadcast over channels.
+            let knock = ones
+                .f_narrow(0, 0, len)?
+                .f_scatter_value(1, &pb.f_unsqueeze(1)?, 0.0)?;
+            let cand = x_cur
+                .f_index_select(0, &jb)?
+                .f_mul(&knock.f_view([len, 1, h, w])?)?;
+            let tb = targets.f_index_select(0, &jb)?;
+            let (f, finite) = eval.confidence_deferred(&cand, &tb, input.images)?;
+            health.note(finite)?;
+            confidences.push(f);
+            start += len;
+        }
+        let f_all: Vec<f32> =
+            Vec::<f32>::try_from(Tensor::f_cat(&confidences, 0)?.f_to_device(Device::Cpu)?)?;
+        health.check(eval, "logits")?;
+
+        // Argmax per job (first maximum = lowest pixel index), then remove it.
+        let mut removed_flat = Vec::with_capacity(jobs);
+        let mut offset = 0usize;
+        for (j, rem) in remaining.iter_mut().enumerate() {
+            let n = rem.len();
+            if n == 0 {
+                continue;
+            }
+            let seg = &f_all[offset..offset + n];
+            offset += n;
+            let mut best = 0usize;
+            for (i, &f) in seg.iter().enumerate().skip(1) {
+                if f > seg[best] {
+                    best = i;
+                }
+            }
+            let q = rem.remove(best);
+            let trace = &mut traces[j];
+            trace.order.push(q);
+            trace.block_ends.push(trace.order.len() as u32);
+            trace.history.push(seg[best]);
+            removed_flat.push(j as i64 * p + i64::from(q));
+        }
+        let removed = Tensor::from_slice(&removed_flat).f_to_device(device)?;
+        present_flat = present_flat.f_view([-1])?.f_index_fill(0, &removed, 0.0)?;
+        x_cur = input
+            .xs
+            .f_mul(&present_flat.f_view([jobs as i64, 1, h, w])?)?;
+        step += 1;
+    }
+    Ok(traces)
+}

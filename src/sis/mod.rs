@@ -1,0 +1,212 @@
+//! Sufficient Input Subsets (Carter et al. 2019; paper §3.2, S5).
+//!
+//! A feature is a pixel (all channels together). The target class is the model's
+//! predicted class on the full image and `f` is its softmax probability.
+//!
+//! - [`exact`]: exact BackSelect, every remaining pixel tried at every step
+//!   (`p(p+1)/2` forwards, evaluated in large no-grad batches).
+//! - [`gradient`]: Batched Gradient BackSelect (S5), `k` pixels per step by the
+//!   largest mask gradient, one backward per step for a whole mini-batch.
+//! - [`findsis`]: FindSIS from the recorded confidence history (no model calls)
+//!   and the explicit pop-and-re-evaluate form of S5 it is checked against.
+//! - [`engine`]: [`run_sis`], which turns image indices of a dataset into
+//!   [`ImageSis`] records, SIS collections included, and streams them out.
+
+use serde::{Deserialize, Serialize};
+
+pub mod engine;
+pub mod exact;
+pub mod findsis;
+pub mod gradient;
+#[cfg(test)]
+mod tests;
+
+pub use engine::{run_sis, sis_batch, Evaluator, SisRunSummary};
+pub use findsis::{find_sis, find_sis_by_reevaluation, BackSelectTrace};
+
+/// Everything the engine learns about one image; what the result store keeps and
+/// what a cluster worker streams back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageSis {
+    /// Position of the image in its dataset split.
+    pub index: u64,
+    /// True label from the dataset.
+    pub label: i64,
+    /// The model's predicted class on the full image: the SIS target.
+    pub predicted: i64,
+    /// `f(x)`: softmax probability of `predicted` on the full image.
+    pub confidence: f32,
+    /// Image height and width (pixels are indexed row-major, `p = h·w`).
+    pub height: u32,
+    pub width: u32,
+    /// For each pixel, the BackSelect step at which it was removed (0 = first).
+    /// Exact BackSelect removes one pixel per step; Batched Gradient removes `k`,
+    /// so `k` pixels share a step. The last pixels removed are the most important.
+    pub removal_step: Vec<u32>,
+    /// `f` after each step: `confidence_history[s]` is the confidence once the
+    /// pixels of steps `0..=s` are masked. Its length is the number of steps.
+    pub confidence_history: Vec<f32>,
+    /// SIS collections for the requested thresholds (each SIS a sorted pixel list;
+    /// SISes of one collection are disjoint). Empty when `confidence < threshold`.
+    pub collections: Vec<SisCollection>,
+}
+
+impl ImageSis {
+    /// The first SIS for threshold `threshold`, re-derived from the recorded
+    /// BackSelect without the model (see [`find_sis`]); `None` when
+    /// `confidence < threshold`.
+    pub fn find_sis(&self, threshold: f32) -> Option<Vec<u32>> {
+        find_sis(
+            &self.removal_step,
+            &self.confidence_history,
+            self.confidence,
+            threshold,
+        )
+    }
+}
+
+/// The disjoint SISes found for one threshold τ.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SisCollection {
+    pub threshold: f32,
+    pub sis: Vec<Vec<u32>>,
+}
+
+/// How BackSelect orders pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Method {
+    /// Carter et al. 2019: at each step try removing every remaining pixel and keep
+    /// the removal that leaves the highest `f`. Exact, `p(p+1)/2` forwards per
+    /// BackSelect, so meant for CIFAR-size images.
+    Exact,
+    /// Paper S5: remove the `k` pixels with the largest `∇_M f(x ⊙ (1−M))` per
+    /// step; `⌈p/k⌉` forward+backward passes per BackSelect.
+    Gradient {
+        /// Pixels removed per step (the paper uses 100 on ImageNet).
+        k: u32,
+    },
+}
+
+/// What one SIS run computes; saved next to the results so a store says how it
+/// was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SisParams {
+    /// Exact or Batched Gradient BackSelect.
+    pub method: Method,
+    /// SIS thresholds τ, each in `(0, 1]`; one [`SisCollection`] per entry, in
+    /// this order.
+    pub thresholds: Vec<f32>,
+    /// Images processed together: the gradient mini-batch (paper: 32). Exact
+    /// BackSelect also pools the candidates of this many images into its batches.
+    pub batch_size: usize,
+    /// Masked candidates per forward pass in exact BackSelect and in the
+    /// verification forwards. Sized to the device's memory: activations of this
+    /// many images must fit.
+    pub candidate_batch: usize,
+    /// Seeds the Gaussian tie-break noise of Batched Gradient BackSelect. The noise
+    /// of a pixel depends only on (seed, image index, round, step, pixel), so a
+    /// result does not depend on which other images share its mini-batch.
+    pub seed: u64,
+    /// Find the whole SIS collection (repeat on the remaining pixels until
+    /// `f < τ`); `false` keeps only the first SIS per threshold.
+    pub collection: bool,
+    /// Run forwards under libtorch's CUDA autocast (reduced precision; tch 0.24
+    /// uses libtorch's default autocast dtype, fp16). No effect on CPU. Off by
+    /// default: its effect on the selected pixels must be measured, not assumed.
+    pub autocast: bool,
+}
+
+impl Default for SisParams {
+    fn default() -> Self {
+        Self {
+            method: Method::Exact,
+            thresholds: vec![0.99],
+            batch_size: 32,
+            candidate_batch: 256,
+            seed: 0,
+            collection: true,
+            autocast: false,
+        }
+    }
+}
+
+impl SisParams {
+    /// Rejects parameters the algorithms cannot run with, saying which and why.
+    pub fn validate(&self) -> Result<(), SisError> {
+        if let Method::Gradient { k: 0 } = self.method {
+            return Err(SisError::Params(
+                "method gradient needs k ≥ 1 pixels per step".into(),
+            ));
+        }
+        if self.thresholds.is_empty() {
+            return Err(SisError::Params("at least one threshold is needed".into()));
+        }
+        for &t in &self.thresholds {
+            // τ ≤ 0 would make the empty set sufficient for every image.
+            if !(t > 0.0 && t <= 1.0) {
+                return Err(SisError::Params(format!("threshold {t} is not in (0, 1]")));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err(SisError::Params("batch_size must be at least 1".into()));
+        }
+        if self.candidate_batch == 0 {
+            return Err(SisError::Params(
+                "candidate_batch must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the SIS engine. Each names the model or images at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SisError {
+    #[error("invalid SIS parameters: {0}")]
+    Params(String),
+    #[error(
+        "dataset {dataset} has images of shape {got:?} (C, H, W) but model \
+         {model} expects {expected:?}"
+    )]
+    InputShape {
+        dataset: String,
+        model: String,
+        got: [i64; 3],
+        expected: [i64; 3],
+    },
+    #[error(
+        "model {model} returned logits of shape {got:?} for a batch of {batch} images; \
+         expected [{batch}, {classes}] (images {images:?})"
+    )]
+    OutputShape {
+        model: String,
+        got: Vec<i64>,
+        batch: i64,
+        classes: i64,
+        images: Vec<u64>,
+    },
+    #[error("model {model} returned NaN or infinite {what} for images {images:?}")]
+    NonFinite {
+        model: String,
+        what: &'static str,
+        images: Vec<u64>,
+    },
+    #[error("model {model}: {source}")]
+    Model {
+        model: String,
+        #[source]
+        source: crate::models::ModelError,
+    },
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error("tensor operation failed: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("the result consumer failed on image {index}: {source}")]
+    Emit {
+        index: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
