@@ -206,6 +206,8 @@ impl Coord {
             } => {
                 tracing::info!(worker, %name, capacity, "worker joined");
                 self.stats.joins += 1;
+                // Ids are never reused by the driver; if one is, the old holder is gone.
+                self.forget(worker);
                 self.workers.insert(
                     worker,
                     Worker {

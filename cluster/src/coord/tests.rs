@@ -399,3 +399,123 @@ fn failing_shards_are_retried_then_fail_the_job() {
     assert_eq!(sim.coord.stats().shard_failures, 1);
     assert_eq!(sim.request(1), Some((0, vec![1, 2, 3])));
 }
+
+mod random {
+    //! Random interleavings of fake workers: whatever they do, no image is persisted
+    //! twice, no shard is acknowledged before it is durable, and a good worker can
+    //! always finish the job afterwards.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    #[derive(Debug, Clone)]
+    enum Act {
+        Join(WorkerId),
+        Request(WorkerId),
+        Result(WorkerId, u64),
+        Done(WorkerId, ShardId),
+        Fail(WorkerId, ShardId),
+        Heartbeat(WorkerId),
+        Leave(WorkerId, Option<ShardId>),
+        Disconnect(WorkerId),
+        Advance(u64),
+        Sync,
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        let w = 0u64..4;
+        prop_oneof![
+            1 => w.clone().prop_map(Act::Join),
+            3 => w.clone().prop_map(Act::Request),
+            8 => (w.clone(), 0u64..30).prop_map(|(w, i)| Act::Result(w, i)),
+            2 => (w.clone(), 0u64..8).prop_map(|(w, s)| Act::Done(w, s)),
+            1 => (w.clone(), 0u64..8).prop_map(|(w, s)| Act::Fail(w, s)),
+            1 => w.clone().prop_map(Act::Heartbeat),
+            1 => (w.clone(), proptest::option::of(0u64..8)).prop_map(|(w, s)| Act::Leave(w, s)),
+            1 => w.prop_map(Act::Disconnect),
+            2 => (0u64..15_000).prop_map(Act::Advance),
+            2 => Just(Act::Sync),
+        ]
+    }
+
+    /// Feeds outputs through the invariant checks.
+    struct Checked {
+        sim: Sim,
+        durable: HashSet<ShardId>,
+        seen_sent: usize,
+    }
+
+    impl Checked {
+        fn check(&mut self) {
+            for (w, m) in &self.sim.sent[self.seen_sent..] {
+                if let ToWorker::Ack { shard_id } = m {
+                    assert!(
+                        self.durable.contains(shard_id),
+                        "Ack of shard {shard_id} to {w} before durable"
+                    );
+                }
+            }
+            self.seen_sent = self.sim.sent.len();
+            for (i, n) in &self.sim.persisted {
+                assert_eq!(*n, 1, "image {i} persisted {n} times");
+            }
+        }
+
+        fn sync(&mut self) {
+            self.durable.extend(self.sim.to_sync.iter().copied());
+            self.sim.sync_all();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn random_workers_never_break_exactly_once(acts in proptest::collection::vec(act(), 1..120), spec in any::<bool>()) {
+            // 30 images in shards of 4 (the last has 2); max 3 failures per shard.
+            let speculate = spec.then_some(Duration::from_secs(3));
+            let mut c = Checked { sim: Sim::new(30, 4, speculate, vec![]), durable: HashSet::new(), seen_sent: 0 };
+            for a in acts {
+                match a {
+                    Act::Join(w) => c.sim.join(w),
+                    Act::Request(w) => { c.sim.request(w); }
+                    Act::Result(w, i) => {
+                        // Usually the right shard; sometimes a wrong one (a violation).
+                        let shard = if i % 7 == 3 { (i / 4 + 1) % 8 } else { i / 4 };
+                        c.sim.result(w, shard, i);
+                    }
+                    Act::Done(w, s) => c.sim.msg(w, ToLeader::ShardDone { shard_id: s }),
+                    Act::Fail(w, s) => c.sim.msg(w, ToLeader::ShardFailed { shard_id: s, reason: "boom".into() }),
+                    Act::Heartbeat(w) => c.sim.msg(w, ToLeader::Heartbeat),
+                    Act::Leave(w, s) => c.sim.msg(w, ToLeader::Leaving { returned: s }),
+                    Act::Disconnect(w) => c.sim.input(Input::Disconnected { worker: w }),
+                    Act::Advance(ms) => c.sim.advance(Duration::from_millis(ms)),
+                    Act::Sync => c.sync(),
+                }
+                c.check();
+            }
+            if c.sim.failed.is_some() {
+                return Ok(()); // a shard failed 3 times: the job is over, correctly
+            }
+            // Cleanup: everyone else leaves, a good worker finishes the job.
+            for w in 0..4 {
+                c.sim.input(Input::Disconnected { worker: w });
+            }
+            c.sync();
+            c.sim.join(100);
+            for _ in 0..20 {
+                if c.sim.complete {
+                    break;
+                }
+                if let Some((shard, indices)) = c.sim.request(100) {
+                    c.sim.run_shard(100, shard, &indices);
+                }
+                c.sync();
+                c.check();
+            }
+            prop_assert!(c.sim.complete, "job never completed: {:?}", c.sim.coord.status(c.sim.now).shards);
+            c.sim.assert_each_index_once(30);
+        }
+    }
+}
