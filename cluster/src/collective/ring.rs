@@ -16,10 +16,10 @@
 //! so no rank ever blocks on a send while its predecessor waits for it to read (the
 //! classic ring deadlock), and a large buffer streams instead of being sent whole.
 //!
-//! Failures: reads wake every [`RingConfig::poll_interval`] to check the writer and the
-//! [`RingConfig::op_timeout`], and to send the next rank a keepalive ("I am in the
+//! Failures: reads wake every [`RingConfig::poll_interval`] to check the
+//! [`RingConfig::op_timeout`] and to send the next rank a keepalive ("I am in the
 //! collective, waiting"), so only the successor of a rank that is really silent times
-//! out. A rank that sees a failure sends an abort frame naming the failed rank to its
+//! out. A failed send surfaces when the next frame is queued. A rank that sees a failure sends an abort frame naming the failed rank to its
 //! successor, so every survivor's error blames the same rank instead of its neighbour.
 
 use std::cell::Cell;
@@ -50,8 +50,8 @@ pub struct RingConfig {
     /// collective (data loading, checkpoints) or dead: it bounds skew, not transfer
     /// time. Must be well above `poll_interval`. Default 300 s.
     pub op_timeout: Duration,
-    /// How often a blocked read wakes to check the writer thread and the timeout: the
-    /// bound on how late a failed send is noticed. Default 100 ms.
+    /// How often a waiting rank sends a keepalive and checks `op_timeout`: the
+    /// granularity of timeout detection. Default 100 ms.
     pub poll_interval: Duration,
 }
 
@@ -565,9 +565,6 @@ impl Links {
             op_timeout,
             prev_rank: self.prev_rank,
             prev_addr: self.prev_addr,
-            next_rank: self.next_rank,
-            next_addr: self.next_addr,
-            writer_error: &self.writer_error,
             to_writer: self.to_writer.as_ref(),
             keepalive_every: self.keepalive_every,
             last_keepalive: &self.last_keepalive,
@@ -724,12 +721,6 @@ struct PollCtx<'a> {
     prev_rank: usize,
     /// Its address.
     prev_addr: SocketAddr,
-    /// Rank we write to.
-    next_rank: usize,
-    /// Its address.
-    next_addr: SocketAddr,
-    /// Where the writer thread leaves its socket error.
-    writer_error: &'a Mutex<Option<std::io::Error>>,
     /// The writer queue, for keepalives; `None` after an abort.
     to_writer: Option<&'a mpsc::Sender<Vec<u8>>>,
     /// How often to send a keepalive while waiting.
@@ -780,10 +771,14 @@ impl PollCtx<'_> {
     }
 }
 
-/// Fills `buf` from `stream`, whose read timeout is the poll interval. On every tick
-/// without data it tells the next rank we are alive and waiting (a keepalive), checks
-/// whether the writer's socket failed (then the next rank is at fault) and whether the
-/// previous rank has been silent for longer than the operation timeout.
+/// Fills `buf` from `stream`, whose read timeout is the poll interval. Every poll
+/// interval it tells the next rank we are alive and waiting (a keepalive), and it fails
+/// once the previous rank has been silent for longer than the operation timeout.
+///
+/// It does not look at the writer: a keepalive written into the socket of a successor
+/// that has finished the collective and closed its communicator fails, and that is
+/// harmless. A successor that failed while it still needed our data is noticed when we
+/// next queue data for it, or through the abort frame that travels round the ring.
 fn read_polled(
     stream: &mut TcpStream,
     buf: &mut [u8],
@@ -792,18 +787,7 @@ fn read_polled(
     let mut filled = 0;
     let mut last_progress = Instant::now();
     while filled < buf.len() {
-        let read = stream.read(&mut buf[filled..]);
-        // Checked on every wake-up, data or not: the previous rank's keepalives can keep
-        // reads busy while the next rank is long gone.
-        if let Some(source) = ctx.writer_error.lock().ok().and_then(|mut e| e.take()) {
-            return Err(CollectiveError::PeerDisconnected {
-                peer: ctx.next_rank,
-                addr: ctx.next_addr,
-                op: ctx.op.name(),
-                source,
-            });
-        }
-        match read {
+        match stream.read(&mut buf[filled..]) {
             Ok(0) => {
                 return Err(ctx.prev_disconnected(std::io::Error::new(
                     ErrorKind::UnexpectedEof,
@@ -835,8 +819,8 @@ fn read_polled(
 }
 
 /// The writer thread: frames in order to the next rank, buffers back to the pool. On a
-/// socket error it records the error and exits; the receiving side notices within one
-/// poll interval.
+/// socket error it records the error and exits, which closes the queue: the next
+/// attempt to queue a frame returns the error.
 fn write_frames(
     mut next: TcpStream,
     frames: mpsc::Receiver<Vec<u8>>,

@@ -428,6 +428,125 @@ fn handshake_refuses_strangers_and_mismatched_chunk_sizes() {
 }
 
 #[test]
+fn skewed_ranks_with_busy_keepalives_agree_over_many_rounds() {
+    // Keepalives every millisecond and ranks entering each collective at different
+    // times, then leaving at once: every round must succeed on every rank, with the
+    // same bits.
+    let config = RingConfig {
+        chunk_floats: 7,
+        poll_interval: Duration::from_millis(1),
+        ..RingConfig::default()
+    };
+    for _ in 0..10 {
+        let results = run_ring(3, config.clone(), |mut ring| {
+            let rank = ring.rank();
+            let mut buf: Vec<f32> = (0..50).map(|i| int_value(rank, i)).collect();
+            for round in 0..5 {
+                std::thread::sleep(Duration::from_millis(((rank + round) % 3) as u64 * 3));
+                ring.all_reduce_mean_f32(&mut buf)?;
+            }
+            Ok::<_, CollectiveError>(buf)
+        });
+        let first = results[0]
+            .as_ref()
+            .map(|b| b.clone())
+            .map_err(|e| e.to_string());
+        for (rank, result) in results.iter().enumerate() {
+            let buf = result
+                .as_ref()
+                .map_err(|e| format!("rank {rank}: {e}"))
+                .expect("no rank fails");
+            assert_eq!(Ok(buf), first.as_ref(), "rank {rank} differs");
+        }
+    }
+}
+
+/// Reads one frame, skipping keepalives, for the hand-played ranks below.
+fn read_frame(stream: &mut TcpStream) -> (Header, Vec<f32>) {
+    loop {
+        let mut head = [0u8; HEADER_BYTES];
+        stream.read_exact(&mut head).expect("frame header");
+        let header = Header::decode(&head).expect("valid header");
+        if header.kind == Kind::Keepalive {
+            continue;
+        }
+        let mut payload = vec![0u8; 4 * header.count as usize];
+        stream.read_exact(&mut payload).expect("payload");
+        let mut values = vec![0f32; header.count as usize];
+        wire::copy_f32s(&payload, &mut values);
+        return (header, values);
+    }
+}
+
+fn write_frame(stream: &mut TcpStream, header: Header, values: &[f32]) {
+    let mut frame = Vec::new();
+    header.encode(&mut frame);
+    wire::encode_f32s(values, &mut frame);
+    stream.write_all(&frame).expect("write frame");
+}
+
+#[test]
+fn a_successor_that_finished_and_closed_does_not_fail_the_waiting_rank() {
+    // World of 2; rank 1 is played by hand. It gets everything it needs, closes the
+    // connection it reads from (as a rank does that returns and drops its communicator),
+    // and only 200 ms later delivers its last frame, still in flight. Meanwhile rank 0
+    // waits and sends keepalives into the closed connection: that must not fail it.
+    let config = RingConfig {
+        chunk_floats: 8,
+        poll_interval: Duration::from_millis(5),
+        ..RingConfig::default()
+    };
+    let mut gang = loopback_gang(2);
+    let (listener1, rdv1) = gang.pop().expect("rank 1");
+    let (listener0, rdv0) = gang.pop().expect("rank 0");
+    let chunk_floats = config.chunk_floats as u64;
+    let fake = std::thread::spawn(move || {
+        let session = rdv1.session_tag();
+        let hello = Hello {
+            rank: 1,
+            world_size: 2,
+            session,
+            chunk_floats,
+        };
+        let mut next = TcpStream::connect(rdv1.peers[0]).expect("connect rank 0");
+        next.write_all(&hello.encode()).expect("hello");
+        let (mut prev, _) = listener1.accept().expect("accept rank 0");
+        let mut their_hello = [0u8; HELLO_BYTES];
+        prev.read_exact(&mut their_hello).expect("rank 0 hello");
+        prev.write_all(&wire::encode_ack(session)).expect("ack");
+        let mut ack = [0u8; ACK_BYTES];
+        next.read_exact(&mut ack).expect("ack from rank 0");
+        // Rank 1 contributes [7, 11]. Segment 0 is index 0, segment 1 index 1.
+        let frame = |kind, offset, step| Header {
+            kind,
+            op_seq: 0,
+            total_len: 2,
+            offset,
+            count: 1,
+            step,
+        };
+        let (h, a0) = read_frame(&mut prev);
+        assert_eq!(h, frame(Kind::ReduceScatter, 0, 0));
+        write_frame(&mut next, frame(Kind::ReduceScatter, 1, 0), &[11.0]);
+        let (h, seg1) = read_frame(&mut prev);
+        assert_eq!(
+            (h, seg1.as_slice()),
+            (frame(Kind::AllGather, 1, 1), &[16.0f32][..])
+        );
+        drop(prev);
+        std::thread::sleep(Duration::from_millis(200));
+        write_frame(&mut next, frame(Kind::AllGather, 0, 1), &[a0[0] + 7.0]);
+        drop(next);
+    });
+    let mut ring = RingAllReduce::connect(listener0, &rdv0, config).expect("connect");
+    let mut buf = [3.0f32, 5.0];
+    let result = ring.all_reduce_mean_f32(&mut buf);
+    fake.join().expect("hand-played rank 1 panicked");
+    result.expect("rank 0 completes");
+    assert_eq!(buf, [5.0, 8.0]);
+}
+
+#[test]
 fn segments_cover_the_buffer_and_empty_ranges_still_get_a_frame() {
     assert_eq!(segment(10, 4, 0), 0..3);
     assert_eq!(segment(10, 4, 1), 3..6);
