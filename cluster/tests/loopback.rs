@@ -573,3 +573,49 @@ async fn a_slow_sink_slows_the_executor_instead_of_buffering_everything() -> Tes
     tokio::time::timeout(WAIT, leader_task).await???;
     assert_store_complete(&store, n, payload_len)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_twins_a_slow_shard_and_the_slow_copy_is_cancelled() -> TestResult {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("results.bin");
+    let mut config = leader_config(dir.path(), 20, 10);
+    config.speculate_after = Some(Duration::from_millis(300));
+    config.lease = Duration::from_secs(10);
+    let leader = Leader::bind(config, FileSink::open(&store)?)?;
+    let addr = leader.local_addr();
+    let leader_task = tokio::spawn(leader.run());
+    // The slow worker takes shard 0 first: 200 ms per image, 2 s for the shard.
+    let slow = Synth::new(1, Duration::from_millis(200));
+    let slow_seen = slow.seen.clone();
+    let slow_task = tokio::spawn(run_worker(
+        worker_config(dir.path(), "slow", addr),
+        slow,
+        ShutdownHandle::new().subscribe(),
+    ));
+    wait_until("the slow worker to start", || {
+        !slow_seen.lock().expect("lock").is_empty()
+    })
+    .await;
+    // The fast worker takes shard 1, finishes it, idles, then twins shard 0.
+    let fast = run_worker(
+        worker_config(dir.path(), "fast", addr),
+        Synth::new(5, Duration::ZERO),
+        ShutdownHandle::new().subscribe(),
+    );
+    let fast = tokio::time::timeout(WAIT, fast).await??;
+    assert_eq!(fast.outcome, WorkerOutcome::JobComplete);
+    let slow = tokio::time::timeout(WAIT, slow_task).await???;
+    assert_eq!(slow.outcome, WorkerOutcome::JobComplete);
+    // It was stopped by the Ack well before its 10 images (2 s).
+    assert!(
+        slow.images_emitted < 10,
+        "slow worker emitted {}",
+        slow.images_emitted
+    );
+    assert_eq!(slow.shards_finished, 0);
+    let report = tokio::time::timeout(WAIT, leader_task).await???;
+    assert!(report.stats.speculative >= 1, "{:?}", report.stats);
+    assert_eq!(report.stats.accepted, 20);
+    assert_store_complete(&store, 20, 56)
+}
