@@ -407,6 +407,17 @@ async fn a_restarted_leader_resumes_without_redoing_durable_shards() -> TestResu
     assert_eq!(w1.outcome, WorkerOutcome::JobComplete);
     assert!(w1.reconnects >= 1);
     assert_eq!(report.stats.resumed, durable.len() as u64);
+    // A worker started after the end exits at once, seeing the completion marker.
+    let late = run_worker(
+        WorkerConfig::new(dir.path(), "late"),
+        Synth::new(1, Duration::ZERO),
+        ShutdownHandle::new().subscribe(),
+    );
+    let late = tokio::time::timeout(WAIT, late).await??;
+    assert_eq!(
+        (late.outcome, late.images_emitted),
+        (WorkerOutcome::JobComplete, 0)
+    );
     assert_eq!(report.stats.accepted, n - durable.len() as u64);
     // Nothing started after the restart touched a durable image.
     let after: Vec<u64> = runs1

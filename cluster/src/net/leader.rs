@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{serve, ConnContext, Event, Outbound};
-use super::tls::{transport, write_atomic, Credentials, ADDR_FILE};
+use super::tls::{transport, write_atomic, Credentials, ADDR_FILE, COMPLETE_FILE};
 use super::{NetError, Shutdown, ShutdownHandle};
 use crate::coord::{Coord, CoordConfig, CoordStats, Input, Output};
 use crate::proto::{JobStatus, ShardId, WorkerId};
@@ -171,6 +171,17 @@ impl Leader {
             max_shard_failures: config.max_shard_failures,
         };
         let coord = Coord::new(Instant::now(), coord_config, durable);
+        let marker = config.job_dir.join(COMPLETE_FILE);
+        if coord.is_complete() {
+            write_atomic(&marker, b"", 0o644)?;
+        } else if marker.exists() {
+            // A stale marker (the job grew, or the store was replaced): workers must wait.
+            std::fs::remove_file(&marker).map_err(|source| NetError::File {
+                path: marker.clone(),
+                what: "remove stale completion marker",
+                source,
+            })?;
+        }
         tracing::info!(%local_addr, job_dir = %config.job_dir.display(), images = config.num_images,
             resumed = coord.stats().resumed, "leader listening");
         let ctx = Arc::new(ConnContext {
@@ -377,6 +388,9 @@ impl Leader {
             }
         }
         result?;
+        if coord.is_complete() {
+            write_atomic(&config.job_dir.join(COMPLETE_FILE), b"", 0o644)?;
+        }
         let status = coord.status(Instant::now());
         if !coord.is_complete() {
             return Err(NetError::Interrupted {

@@ -38,6 +38,9 @@ pub const KEY_FILE: &str = "key.der";
 pub const SECRET_FILE: &str = "secret";
 /// The leader writes its bound address here for workers and `status`.
 pub const ADDR_FILE: &str = "leader.addr";
+/// The leader creates this file when every shard is durable, so that workers started
+/// late (or still retrying) exit cleanly instead of waiting for a leader that is gone.
+pub const COMPLETE_FILE: &str = "job.complete";
 
 /// The leader's credentials.
 #[derive(Debug, Clone)]

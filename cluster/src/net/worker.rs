@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::frames::{finish, write_frame, FrameReader};
-use super::tls::{read_leader_addr, transport, ClientCredentials, SERVER_NAME};
+use super::tls::{read_leader_addr, transport, ClientCredentials, COMPLETE_FILE, SERVER_NAME};
 use super::{NetError, Shutdown};
 use crate::exec::{EmitError, Executor};
 use crate::proto::{ShardId, ToLeader, ToWorker, PROTOCOL_VERSION};
@@ -248,6 +248,10 @@ async fn session(
     shutdown: &mut Shutdown,
     welcomed: &mut bool,
 ) -> Result<WorkerOutcome, NetError> {
+    if config.job_dir.join(COMPLETE_FILE).exists() {
+        tracing::info!("the job directory says the job is complete");
+        return Ok(WorkerOutcome::JobComplete);
+    }
     let creds = ClientCredentials::load(&config.job_dir)?;
     let addr = match config.leader_addr {
         Some(a) => a,
