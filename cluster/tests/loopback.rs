@@ -355,6 +355,10 @@ async fn a_restarted_leader_resumes_without_redoing_durable_shards() -> TestResu
     assert_eq!(remote.images_total, n);
     assert!(remote.shards.done >= 3);
     assert_eq!(remote.workers.len(), 1);
+    // `overinterp status --json` prints this struct.
+    let json = serde_json::to_value(&remote)?;
+    assert_eq!(json["images_total"], serde_json::json!(n));
+    assert_eq!(json["workers"][0]["name"], serde_json::json!("w1"));
     stop.trigger();
     let err = tokio::time::timeout(WAIT, run1)
         .await?
