@@ -54,22 +54,20 @@ pub fn gradient_backselect(
 
     for t in 0..steps {
         let m_var = mask.f_detach()?.set_requires_grad(true);
-        let xm =
-            input.xs.f_mul(
-                &m_var
-                    .f_neg()?
-                    .f_add_scalar(1.0)?
-                    .f_view([jobs as i64, 1, h, w])?,
-            )?;
-        let f = tch::with_grad(|| -> Result<Tensor, SisError> {
+        // Recorded even when the caller runs under no_grad: the mask is the
+        // only leaf that requires a gradient.
+        let (f, total) = tch::with_grad(|| -> Result<(Tensor, Tensor), SisError> {
+            let keep = m_var.f_neg()?.f_add_scalar(1.0)?;
+            let xm = input.xs.f_mul(&keep.f_view([jobs as i64, 1, h, w])?)?;
             let (f, finite) = eval.confidence_deferred(&xm, &targets, input.images)?;
             health.note(finite)?;
-            Ok(f)
+            let total = f.f_sum(Kind::Float)?;
+            Ok((f, total))
         })?;
         if t > 0 {
             history.push(f.f_detach()?);
         }
-        let grads = Tensor::f_run_backward(&[f.f_sum(Kind::Float)?], &[&m_var], false, false)?;
+        let grads = Tensor::f_run_backward(&[total], &[&m_var], false, false)?;
         let grad = grads
             .into_iter()
             .next()

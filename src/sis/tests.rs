@@ -977,3 +977,26 @@ fn params_round_trip_through_json() {
     let partial: SisParams = serde_json::from_str(r#"{"method":{"kind":"exact"}}"#).unwrap();
     assert_eq!(partial, SisParams::default());
 }
+
+#[test]
+fn gradient_backselect_runs_the_same_inside_no_grad() -> Result<(), SisError> {
+    // A caller (a worker, a bench) may hold a no-grad guard; the mask gradient
+    // must still be recorded.
+    let model = ConvNet::new(3, 3, 5);
+    let source = random_source(3, 2, [3, 5, 5]);
+    let eval = Evaluator::new(&model, false);
+    let (x, _) = crate::data::batch(&source, &[0, 1], Device::Cpu)?;
+    let (predicted, _) = eval.predict(&x, &[0, 1])?;
+    let present = vec![vec![true; 25]; 2];
+    let input = BackSelectInput {
+        xs: &x,
+        present: &present,
+        targets: &predicted,
+        noise_keys: &[1, 2],
+        images: &[0, 1],
+    };
+    let plain = gradient_backselect(&eval, &input, 2, None)?;
+    let guarded = tch::no_grad(|| gradient_backselect(&eval, &input, 2, None))?;
+    assert_eq!(plain, guarded);
+    Ok(())
+}
