@@ -8,6 +8,8 @@
 //!
 //! - [`cli`]: the `overinterp` command line (thin `main.rs` calls [`cli::run`]).
 //! - [`data`]: dataset readers (CIFAR-10, CIFAR-10-C, IDX/Fashion-MNIST, ImageNet) and normalization.
+//! - [`exec`]: the cluster's `Executor` (SIS on a worker) and `ResultSink` (the store on the leader).
+//! - [`job`]: a SIS job (model, data, method, store) shared by local and cluster runs.
 //! - [`models`]: the paper's architectures, TorchScript import, ensembles, input dropout.
 //! - [`train`]: training loop, schedules, augmentation, checkpoints, evaluation.
 //! - [`sis`]: exact and batched-gradient BackSelect, FindSIS, SIS collections.
@@ -17,6 +19,8 @@
 
 pub mod cli;
 pub mod data;
+pub mod exec;
+pub mod job;
 pub mod models;
 pub mod sis;
 pub mod store;

@@ -30,9 +30,13 @@ pub struct DataArgs {
 impl DataArgs {
     /// The validated dataset spec.
     pub fn spec(&self) -> anyhow::Result<data::DatasetSpec> {
-        let mut spec: data::DatasetSpec = self.data.parse().with_context(|| format!("--data {}", self.data))?;
+        let mut spec: data::DatasetSpec = self
+            .data
+            .parse()
+            .with_context(|| format!("--data {}", self.data))?;
         for option in &self.options {
-            spec.set_option(option).with_context(|| format!("--data-opt {option}"))?;
+            spec.set_option(option)
+                .with_context(|| format!("--data-opt {option}"))?;
         }
         Ok(spec)
     }
@@ -75,7 +79,11 @@ impl DeviceArgs {
 /// Loads the model named by `--model`: a checkpoint directory written by
 /// `overinterp train`, a TorchScript file (`.pt`), or `ensemble:A,B,...` of either.
 /// `input_shape` comes from the dataset (TorchScript files do not record it).
-pub fn load_model(spec: &str, device: Device, input_shape: [i64; 3]) -> anyhow::Result<Box<dyn Classifier>> {
+pub fn load_model(
+    spec: &str,
+    device: Device,
+    input_shape: [i64; 3],
+) -> anyhow::Result<Box<dyn Classifier>> {
     models::load_model(spec, device, input_shape).with_context(|| format!("loading --model {spec}"))
 }
 

@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::common::{input_shape, load_model, write_json, DataArgs, DeviceArgs};
 use crate::data::Split;
+use crate::subsets::open_masks;
 use crate::train::eval;
 
 /// Evaluate a model on a dataset split: top-1/top-5 accuracy, mean confidence,
@@ -32,6 +33,10 @@ pub struct EvalArgs {
     pub device: DeviceArgs,
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// Evaluate on pixel subsets: a subset dataset DIR, backselect:STORE:Q,
+    /// sis:STORE:TAU or random:Q[:SEED].
+    #[arg(long)]
+    pub masks: Option<String>,
     /// Write per-image predictions to this CSV file.
     #[arg(long)]
     pub predictions: Option<PathBuf>,
@@ -45,7 +50,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let split: Split = args.split.parse()?;
     let source = args.data.open(split)?;
     let model = load_model(&args.model, device, input_shape(source.as_ref()))?;
-    let report = eval::evaluate(model.as_ref(), source.as_ref(), None, args.batch_size)?;
+    let [_, h, w] = source.shape();
+    let masks = args
+        .masks
+        .as_deref()
+        .map(|s| open_masks(s, (h, w)))
+        .transpose()?;
+    let report = eval::evaluate(
+        model.as_ref(),
+        source.as_ref(),
+        masks.as_deref(),
+        args.batch_size,
+    )?;
     println!(
         "{}: {} images, top-1 {:.4}, top-5 {:.4}, mean confidence {:.4}",
         source.name(),
@@ -55,8 +71,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         report.mean_confidence
     );
     // CIFAR-10-C images carry a group ("fog/3"); report accuracy per group too.
-    let grouped = report.predictions.first().is_some_and(|p| source.group(p.index).is_some());
-    let groups = grouped.then(|| eval::by_group(&report.predictions, |i| source.group(i).unwrap_or_default()));
+    let grouped = report
+        .predictions
+        .first()
+        .is_some_and(|p| source.group(p.index).is_some());
+    let groups = grouped
+        .then(|| eval::by_group(&report.predictions, |i| source.group(i).unwrap_or_default()));
     if let Some(groups) = &groups {
         for (group, r) in groups {
             println!("  {group}: top-1 {:.4} ({} images)", r.top1, r.images);

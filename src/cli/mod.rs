@@ -2,8 +2,11 @@
 //! settings before anything runs (ripgrep's low/high-level argument split); each
 //! subcommand lives in its own file.
 
+mod cluster;
 mod common;
 mod eval;
+mod sis;
+mod subsets;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +30,20 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Evaluate a model: top-1/top-5 accuracy and per-image predictions.
     Eval(eval::EvalArgs),
+    /// Compute BackSelect orders and SIS for a dataset split into a result store.
+    Sis(sis::SisArgs),
+    /// Build a pixel-subset dataset (backselect top-q or SIS) from a result store.
+    Subsets(subsets::SubsetsArgs),
+    /// Export pixel-subset images as npz, CIFAR-10 binary or a PNG gallery.
+    Export(subsets::ExportArgs),
+    /// Run a SIS job with a leader and N workers in this process (embedded cluster).
+    Run(cluster::RunArgs),
+    /// Lead a SIS job on a cluster.
+    Leader(cluster::LeaderArgs),
+    /// Work for a SIS job's leader.
+    Worker(cluster::WorkerArgs),
+    /// Show a running job's progress.
+    Status(cluster::StatusArgs),
 }
 
 /// Runs one parsed command line.
@@ -34,7 +51,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Sis(args) => sis::run(args),
+        Command::Subsets(args) => subsets::run_subsets(args),
+        Command::Export(args) => subsets::run_export(args),
+        Command::Run(args) => cluster::run_local(args),
+        Command::Leader(args) => cluster::run_leader(args),
+        Command::Worker(args) => cluster::run_worker(args),
+        Command::Status(args) => cluster::run_status(args),
     }
+}
+
+/// SIGTERM or SIGINT sets `stop`: long commands finish their current mini-batch,
+/// make it durable and exit. A second SIGINT exits at once.
+pub fn stop_on_signals(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, stop.clone())?;
+    signal_hook::flag::register(SIGINT, stop.clone())?;
+    signal_hook::flag::register(SIGTERM, stop)?;
+    Ok(())
 }
 
 /// Logs go to stderr; `RUST_LOG` wins over `-v`.
@@ -46,5 +80,9 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

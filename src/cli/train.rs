@@ -8,6 +8,7 @@ use clap::Args;
 use super::common::{input_shape, DataArgs, DeviceArgs};
 use crate::data::Split;
 use crate::models::{self, Arch, ModelConfig};
+use crate::subsets::open_masks;
 use crate::train::{self, StepSchedule, TrainConfig, TrainJob};
 
 /// Train one of the paper's architectures. Defaults are the paper's CIFAR-10
@@ -65,6 +66,13 @@ pub struct TrainArgs {
     pub input_dropout: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Train on pixel subsets: a subset dataset DIR (from `overinterp subsets`),
+    /// backselect:STORE:Q, sis:STORE:TAU or random:Q[:SEED]. Usually with --no-augment.
+    #[arg(long)]
+    pub masks: Option<String>,
+    /// Masks for the per-epoch test evaluation (same forms as --masks).
+    #[arg(long)]
+    pub test_masks: Option<String>,
     /// Skip the test-set evaluation after each epoch.
     #[arg(long)]
     pub no_eval: bool,
@@ -77,8 +85,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         bail!("--epochs and --batch-size must be at least 1");
     }
     let train_set = args.data.open(Split::Train)?;
-    let test_set = if args.no_eval { None } else { Some(args.data.open(Split::Test)?) };
-    let mut config = ModelConfig::new(arch, train_set.num_classes() as i64, input_shape(train_set.as_ref()));
+    let test_set = if args.no_eval {
+        None
+    } else {
+        Some(args.data.open(Split::Test)?)
+    };
+    let [_, h, w] = train_set.shape();
+    let open = |spec: &Option<String>| spec.as_deref().map(|s| open_masks(s, (h, w))).transpose();
+    let train_masks = open(&args.masks)?;
+    let test_masks = open(&args.test_masks)?;
+    let mut config = ModelConfig::new(
+        arch,
+        train_set.num_classes() as i64,
+        input_shape(train_set.as_ref()),
+    );
     if let Some(p) = args.input_dropout {
         config = config.with_input_dropout(p, args.seed);
     }
@@ -87,7 +107,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let train_config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
-        schedule: StepSchedule { lr: args.lr, milestones: args.milestones, gamma: args.gamma },
+        schedule: StepSchedule {
+            lr: args.lr,
+            milestones: args.milestones,
+            gamma: args.gamma,
+        },
         momentum: args.momentum,
         nesterov: !args.no_nesterov,
         weight_decay: args.weight_decay,
@@ -102,9 +126,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         model: model.as_mut(),
         model_config: serde_json::to_value(&config).context("model config")?,
         train_set: train_set.as_ref(),
-        train_masks: None,
+        train_masks: train_masks.as_deref(),
         test_set: test_set.as_deref(),
-        test_masks: None,
+        test_masks: test_masks.as_deref(),
         config: train_config,
         out_dir: args.out.clone(),
     })?;

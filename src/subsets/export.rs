@@ -16,18 +16,29 @@ use crate::data::ImageSource;
 pub type KeptPixels<'a> = dyn Fn(usize) -> Result<Vec<u32>, SubsetError> + 'a;
 
 /// `u8` pixels of `indices` with every pixel outside the subset set to the mean.
-fn masked_pixels(source: &dyn ImageSource, kept: &KeptPixels<'_>, indices: &[usize]) -> Result<(Vec<u8>, Vec<u8>), SubsetError> {
+fn masked_pixels(
+    source: &dyn ImageSource,
+    kept: &KeptPixels<'_>,
+    indices: &[usize],
+) -> Result<(Vec<u8>, Vec<u8>), SubsetError> {
     let [c, h, w] = source.shape();
     let p = h * w;
     let mut pixels = vec![0u8; indices.len() * c * p];
     source.read_pixels(indices, &mut pixels)?;
-    let mean: Vec<u8> = source.normalization().mean.iter().map(|m| (m * 255.0).round() as u8).collect();
+    let mean: Vec<u8> = source
+        .normalization()
+        .mean
+        .iter()
+        .map(|m| (m * 255.0).round() as u8)
+        .collect();
     let mut masks = vec![0u8; indices.len() * p];
     for (row, &index) in indices.iter().enumerate() {
         for pixel in kept(index)? {
             let pixel = pixel as usize;
             if pixel >= p {
-                return Err(SubsetError::Invalid(format!("image {index}: pixel {pixel} outside a {h}×{w} image")));
+                return Err(SubsetError::Invalid(format!(
+                    "image {index}: pixel {pixel} outside a {h}×{w} image"
+                )));
             }
             masks[row * p + pixel] = 1;
         }
@@ -45,10 +56,18 @@ fn masked_pixels(source: &dyn ImageSource, kept: &KeptPixels<'_>, indices: &[usi
 
 /// Writes `indices`, `labels` (int64), `masks` (uint8 `[N, H, W]`, 1 = kept) and
 /// `images` (uint8 `[N, C, H, W]`, masked pixels at the mean) to an `.npz`.
-pub fn export_npz(source: &dyn ImageSource, kept: &KeptPixels<'_>, indices: &[usize], path: &Path) -> Result<(), SubsetError> {
+pub fn export_npz(
+    source: &dyn ImageSource,
+    kept: &KeptPixels<'_>,
+    indices: &[usize],
+    path: &Path,
+) -> Result<(), SubsetError> {
     let [c, h, w] = source.shape();
     let (pixels, masks) = masked_pixels(source, kept, indices)?;
-    let labels = indices.iter().map(|&i| source.label(i)).collect::<Result<Vec<_>, _>>()?;
+    let labels = indices
+        .iter()
+        .map(|&i| source.label(i))
+        .collect::<Result<Vec<_>, _>>()?;
     let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
     let n = indices.len();
     write_npz(
@@ -64,7 +83,12 @@ pub fn export_npz(source: &dyn ImageSource, kept: &KeptPixels<'_>, indices: &[us
 
 /// Writes the CIFAR-10 binary format (one byte label + 3072 bytes CHW per record),
 /// masked pixels at the mean, so any CIFAR-10 reader can train on the subsets.
-pub fn export_cifar_binary(source: &dyn ImageSource, kept: &KeptPixels<'_>, indices: &[usize], path: &Path) -> Result<(), SubsetError> {
+pub fn export_cifar_binary(
+    source: &dyn ImageSource,
+    kept: &KeptPixels<'_>,
+    indices: &[usize],
+    path: &Path,
+) -> Result<(), SubsetError> {
     if source.shape() != [3, 32, 32] || source.num_classes() > 256 {
         return Err(SubsetError::Invalid(format!(
             "the CIFAR-10 binary format holds 3×32×32 images with byte labels; {} has shape {:?} and {} classes (export to npz instead)",
@@ -80,7 +104,8 @@ pub fn export_cifar_binary(source: &dyn ImageSource, kept: &KeptPixels<'_>, indi
         let (pixels, _) = masked_pixels(source, kept, chunk)?;
         for (row, &index) in chunk.iter().enumerate() {
             out.write_all(&[source.label(index)? as u8]).map_err(io)?;
-            out.write_all(&pixels[row * 3072..(row + 1) * 3072]).map_err(io)?;
+            out.write_all(&pixels[row * 3072..(row + 1) * 3072])
+                .map_err(io)?;
         }
     }
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
@@ -121,8 +146,15 @@ pub fn export_png_gallery(
         let orig = &original[row * c * p..(row + 1) * c * p];
         let sis = &masked[row * c * p..(row + 1) * c * p];
         for q in 0..p {
-            let location = if masks[row * p + q] == 1 { [255; 3] } else { [0; 3] };
-            for (panel, value) in [colour(orig, q), location, colour(sis, q)].into_iter().enumerate() {
+            let location = if masks[row * p + q] == 1 {
+                [255; 3]
+            } else {
+                [0; 3]
+            };
+            for (panel, value) in [colour(orig, q), location, colour(sis, q)]
+                .into_iter()
+                .enumerate()
+            {
                 let left = gap + panel * (panel_w + gap);
                 let (y0, x0) = (top + (q / w) * scale, left + (q % w) * scale);
                 for y in y0..y0 + scale {
@@ -144,6 +176,8 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().map_err(|e| err(e.to_string()))?;
-    writer.write_image_data(rgb).map_err(|e| err(e.to_string()))?;
+    writer
+        .write_image_data(rgb)
+        .map_err(|e| err(e.to_string()))?;
     writer.finish().map_err(|e| err(e.to_string()))
 }

@@ -34,11 +34,88 @@ pub trait MaskSource: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// Opens the mask source a `--masks` flag names:
+///
+/// - `random:Q[:SEED]` — `⌈Q·p⌉` uniform pixels per image (seed 0 by default);
+/// - `backselect:STORE:Q` — the last `⌈Q·p⌉` pixels BackSelect removed, from a SIS store;
+/// - `sis:STORE:TAU` — the first SIS at threshold τ from a SIS store;
+/// - `DIR` — a subset dataset written by `overinterp subsets`.
+///
+/// `(height, width)` is the image size of the dataset the masks apply to.
+pub fn open_masks(
+    spec: &str,
+    (height, width): (usize, usize),
+) -> Result<Box<dyn MaskSource>, SubsetError> {
+    let number = |what: &str, v: &str| {
+        v.parse::<f64>().map_err(|_| {
+            SubsetError::Invalid(format!("--masks {spec}: {what} {v:?} is not a number"))
+        })
+    };
+    let check_size = |s: &StoredSubsets| {
+        if s.image_size() == (height, width) {
+            Ok(())
+        } else {
+            Err(SubsetError::Invalid(format!(
+                "--masks {spec}: subsets are for {:?} images but the dataset has {height}×{width}",
+                s.image_size()
+            )))
+        }
+    };
+    let from_store =
+        |dir: &str, selection: Selection| -> Result<Box<dyn MaskSource>, SubsetError> {
+            let store = crate::store::StoreReader::open(dir)
+                .map_err(|e| SubsetError::Invalid(format!("--masks {spec}: {e}")))?;
+            let subsets = StoredSubsets::from_store(&store, selection)?;
+            check_size(&subsets)?;
+            Ok(Box::new(subsets))
+        };
+    match spec.split_once(':') {
+        Some(("random", rest)) => {
+            let (q, seed) = match rest.split_once(':') {
+                Some((q, seed)) => (
+                    q,
+                    seed.parse().map_err(|_| {
+                        SubsetError::Invalid(format!(
+                            "--masks {spec}: seed {seed:?} is not an integer"
+                        ))
+                    })?,
+                ),
+                None => (rest, 0),
+            };
+            Ok(Box::new(RandomSubset::new(
+                number("fraction", q)?,
+                seed,
+                height,
+                width,
+            )?))
+        }
+        Some(("backselect", rest)) => {
+            let (dir, q) = rest.rsplit_once(':').ok_or_else(|| {
+                SubsetError::Invalid(format!("--masks {spec}: write backselect:STORE:FRACTION"))
+            })?;
+            from_store(dir, Selection::BackselectTop(number("fraction", q)?))
+        }
+        Some(("sis", rest)) => {
+            let (dir, tau) = rest.rsplit_once(':').ok_or_else(|| {
+                SubsetError::Invalid(format!("--masks {spec}: write sis:STORE:THRESHOLD"))
+            })?;
+            from_store(dir, Selection::Sis(number("threshold", tau)? as f32))
+        }
+        _ => {
+            let subsets = StoredSubsets::load(std::path::Path::new(spec))?;
+            check_size(&subsets)?;
+            Ok(Box::new(subsets))
+        }
+    }
+}
+
 pub(crate) fn check_fraction(q: f64) -> Result<(), SubsetError> {
     if q > 0.0 && q <= 1.0 {
         Ok(())
     } else {
-        Err(SubsetError::Invalid(format!("subset fraction must be in (0, 1], got {q}")))
+        Err(SubsetError::Invalid(format!(
+            "subset fraction must be in (0, 1], got {q}"
+        )))
     }
 }
 

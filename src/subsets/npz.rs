@@ -16,13 +16,28 @@ pub struct NpyArray {
 
 impl NpyArray {
     pub fn u8(name: &str, shape: Vec<usize>, data: Vec<u8>) -> Self {
-        Self { name: name.into(), dtype: "|u1", shape, bytes: data }
+        Self {
+            name: name.into(),
+            dtype: "|u1",
+            shape,
+            bytes: data,
+        }
     }
     pub fn i64(name: &str, shape: Vec<usize>, data: &[i64]) -> Self {
-        Self { name: name.into(), dtype: "<i8", shape, bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Self {
+            name: name.into(),
+            dtype: "<i8",
+            shape,
+            bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
     pub fn f32(name: &str, shape: Vec<usize>, data: &[f32]) -> Self {
-        Self { name: name.into(), dtype: "<f4", shape, bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        Self {
+            name: name.into(),
+            dtype: "<f4",
+            shape,
+            bytes: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
 }
 
@@ -31,9 +46,18 @@ impl NpyArray {
 pub fn npy_bytes(array: &NpyArray) -> Vec<u8> {
     let shape = match array.shape.as_slice() {
         [one] => format!("({one},)"),
-        dims => format!("({})", dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", array.dtype);
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+        array.dtype
+    );
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');
@@ -60,7 +84,9 @@ pub fn write_npz(path: &Path, arrays: &[NpyArray]) -> Result<(), SubsetError> {
             .map_err(|e| SubsetError::Invalid(format!("{}: {e}", path.display())))?;
         zip.write_all(&npy_bytes(array)).map_err(io)?;
     }
-    let file = zip.finish().map_err(|e| SubsetError::Invalid(format!("{}: {e}", path.display())))?;
+    let file = zip
+        .finish()
+        .map_err(|e| SubsetError::Invalid(format!("{}: {e}", path.display())))?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -18,7 +18,12 @@ pub struct RandomSubset {
 impl RandomSubset {
     pub fn new(fraction: f64, seed: u64, height: usize, width: usize) -> Result<Self, SubsetError> {
         super::check_fraction(fraction)?;
-        Ok(Self { fraction, seed, height, width })
+        Ok(Self {
+            fraction,
+            seed,
+            height,
+            width,
+        })
     }
 
     /// Kept pixel indices (row-major, increasing) of image `index`.
@@ -37,7 +42,12 @@ impl MaskSource for RandomSubset {
                 keep[row * p + pixel] = 1.0;
             }
         }
-        Ok(Tensor::from_slice(&keep).view([indices.len() as i64, 1, self.height as i64, self.width as i64]))
+        Ok(Tensor::from_slice(&keep).view([
+            indices.len() as i64,
+            1,
+            self.height as i64,
+            self.width as i64,
+        ]))
     }
 
     fn describe(&self) -> String {

@@ -11,7 +11,12 @@ use crate::util::SplitMix64;
 /// Draws two numbers per image from `rng`, so a seed reproduces the batch.
 pub fn crop_and_flip(xs: &Tensor, pad: i64, norm: &Normalization, rng: &mut SplitMix64) -> Tensor {
     let (n, c, h, w) = xs.size4().expect("batch is [N, C, H, W]");
-    let black: Vec<f32> = norm.mean.iter().zip(&norm.std).map(|(m, s)| -m / s).collect();
+    let black: Vec<f32> = norm
+        .mean
+        .iter()
+        .zip(&norm.std)
+        .map(|(m, s)| -m / s)
+        .collect();
     let padded = Tensor::from_slice(&black)
         .view([1, c, 1, 1])
         .to_device(xs.device())
@@ -26,7 +31,11 @@ pub fn crop_and_flip(xs: &Tensor, pad: i64, norm: &Normalization, rng: &mut Spli
             let dx = rng.below(side) as i64;
             let flip = rng.below(2) == 1;
             let crop = padded.get(i).narrow(1, dy, h).narrow(2, dx, w);
-            if flip { crop.flip([2]) } else { crop }
+            if flip {
+                crop.flip([2])
+            } else {
+                crop
+            }
         })
         .collect();
     Tensor::stack(&crops, 0)
@@ -38,7 +47,10 @@ mod tests {
 
     #[test]
     fn crops_are_shifted_windows_of_the_padded_image() {
-        let norm = Normalization { mean: vec![0.5], std: vec![0.25] };
+        let norm = Normalization {
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
         // 1×1×3×3 image with values 1..9; padding value is -0.5/0.25 = -2.
         let x = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6., 7., 8., 9.]).view([1, 1, 3, 3]);
         let mut rng = SplitMix64::new(3);

@@ -58,15 +58,25 @@ impl Versions {
 }
 
 /// Writes a checkpoint into `dir` (created if missing).
-pub fn save(dir: &Path, vs: &VarStore, optimizer: &[(String, Tensor)], config: &CheckpointConfig) -> Result<(), TrainError> {
+pub fn save(
+    dir: &Path,
+    vs: &VarStore,
+    optimizer: &[(String, Tensor)],
+    config: &CheckpointConfig,
+) -> Result<(), TrainError> {
     fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     // tch picks the format from the extension: the temp name must end in .safetensors.
     let model_tmp = dir.join(format!("tmp.{MODEL_FILE}"));
-    vs.save(&model_tmp).map_err(|e| TrainError::Checkpoint { path: model_tmp.clone(), problem: e.to_string() })?;
+    vs.save(&model_tmp).map_err(|e| TrainError::Checkpoint {
+        path: model_tmp.clone(),
+        problem: e.to_string(),
+    })?;
     let opt_tmp = dir.join(format!("tmp.{OPTIMIZER_FILE}"));
     let named: Vec<(&str, &Tensor)> = optimizer.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Tensor::write_safetensors(&named, &opt_tmp)
-        .map_err(|e| TrainError::Checkpoint { path: opt_tmp.clone(), problem: e.to_string() })?;
+    Tensor::write_safetensors(&named, &opt_tmp).map_err(|e| TrainError::Checkpoint {
+        path: opt_tmp.clone(),
+        problem: e.to_string(),
+    })?;
     let json = serde_json::to_vec_pretty(config).expect("checkpoint config serializes");
     let cfg_tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
     write_synced(&cfg_tmp, &json)?;
@@ -85,7 +95,10 @@ pub fn read_config(dir: &Path) -> Result<Option<CheckpointConfig>, TrainError> {
     match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| TrainError::Checkpoint { path, problem: format!("not a checkpoint config: {e}") }),
+            .map_err(|e| TrainError::Checkpoint {
+                path,
+                problem: format!("not a checkpoint config: {e}"),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(TrainError::io(&path, e)),
     }
@@ -94,18 +107,28 @@ pub fn read_config(dir: &Path) -> Result<Option<CheckpointConfig>, TrainError> {
 /// Loads weights and optimizer state from `dir` into `vs`.
 pub fn load(dir: &Path, vs: &mut VarStore) -> Result<Vec<(String, Tensor)>, TrainError> {
     let model = dir.join(MODEL_FILE);
-    vs.load(&model).map_err(|e| TrainError::Checkpoint { path: model.clone(), problem: e.to_string() })?;
+    vs.load(&model).map_err(|e| TrainError::Checkpoint {
+        path: model.clone(),
+        problem: e.to_string(),
+    })?;
     let opt = dir.join(OPTIMIZER_FILE);
-    Tensor::read_safetensors(&opt).map_err(|e| TrainError::Checkpoint { path: opt, problem: e.to_string() })
+    Tensor::read_safetensors(&opt).map_err(|e| TrainError::Checkpoint {
+        path: opt,
+        problem: e.to_string(),
+    })
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let mut f = fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| TrainError::io(path, e))
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| TrainError::io(path, e))
 }
 
 fn sync_file(path: &Path) -> Result<(), TrainError> {
-    fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(path, e))
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| TrainError::io(path, e))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), TrainError> {

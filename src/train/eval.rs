@@ -64,7 +64,9 @@ pub fn evaluate_indices(
         if let Some(masks) = masks {
             xs = xs * masks.masks(chunk)?.to_device(device);
         }
-        let probs = tch::no_grad(|| model.forward(&xs, false))?.softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
+        let probs = tch::no_grad(|| model.forward(&xs, false))?
+            .softmax(-1, Kind::Float)
+            .to_device(tch::Device::Cpu);
         let k = probs.size()[1].min(5);
         let (conf, pred) = probs.max_dim(-1, false);
         let (_, topk) = probs.topk(k, -1, true, true);
@@ -92,15 +94,28 @@ pub fn evaluate_indices(
 /// Accuracy figures of a set of predictions.
 pub fn summarize(predictions: Vec<Prediction>) -> EvalReport {
     let n = predictions.len().max(1) as f64;
-    let top1 = predictions.iter().filter(|p| p.predicted == p.label).count() as f64 / n;
+    let top1 = predictions
+        .iter()
+        .filter(|p| p.predicted == p.label)
+        .count() as f64
+        / n;
     let top5 = predictions.iter().filter(|p| p.top5).count() as f64 / n;
     let mean_confidence = predictions.iter().map(|p| p.confidence as f64).sum::<f64>() / n;
-    EvalReport { images: predictions.len(), top1, top5, mean_confidence, predictions }
+    EvalReport {
+        images: predictions.len(),
+        top1,
+        top5,
+        mean_confidence,
+        predictions,
+    }
 }
 
 /// Splits predictions by a group key (e.g. `"fog/3"` for CIFAR-10-C) and
 /// summarizes each group.
-pub fn by_group(predictions: &[Prediction], group: impl Fn(usize) -> String) -> BTreeMap<String, EvalReport> {
+pub fn by_group(
+    predictions: &[Prediction],
+    group: impl Fn(usize) -> String,
+) -> BTreeMap<String, EvalReport> {
     let mut groups: BTreeMap<String, Vec<Prediction>> = BTreeMap::new();
     for p in predictions {
         groups.entry(group(p.index)).or_default().push(p.clone());
@@ -113,10 +128,15 @@ pub fn by_group(predictions: &[Prediction], group: impl Fn(usize) -> String) -> 
 pub fn write_predictions_csv(path: &Path, predictions: &[Prediction]) -> Result<(), TrainError> {
     let mut out = String::from("index,label,predicted,confidence,top5\n");
     for p in predictions {
-        out.push_str(&format!("{},{},{},{},{}\n", p.index, p.label, p.predicted, p.confidence, p.top5 as u8));
+        out.push_str(&format!(
+            "{},{},{},{},{}\n",
+            p.index, p.label, p.predicted, p.confidence, p.top5 as u8
+        ));
     }
     let mut f = std::fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
-    f.write_all(out.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| TrainError::io(path, e))
+    f.write_all(out.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| TrainError::io(path, e))
 }
 
 #[cfg(test)]
@@ -124,12 +144,23 @@ mod tests {
     use super::*;
 
     fn p(index: usize, label: i64, predicted: i64, top5: bool) -> Prediction {
-        Prediction { index, label, predicted, confidence: 0.5, top5 }
+        Prediction {
+            index,
+            label,
+            predicted,
+            confidence: 0.5,
+            top5,
+        }
     }
 
     #[test]
     fn accuracy_and_groups() {
-        let preds = vec![p(0, 1, 1, true), p(1, 2, 0, true), p(2, 3, 3, true), p(3, 4, 0, false)];
+        let preds = vec![
+            p(0, 1, 1, true),
+            p(1, 2, 0, true),
+            p(2, 3, 3, true),
+            p(3, 4, 0, false),
+        ];
         let r = summarize(preds.clone());
         assert_eq!((r.top1, r.top5), (0.5, 0.75));
         let g = by_group(&preds, |i| if i < 2 { "a".into() } else { "b".into() });

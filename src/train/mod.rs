@@ -33,7 +33,10 @@ use sgd::Sgd;
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path}: {problem}")]
     Checkpoint { path: PathBuf, problem: String },
     #[error("{0}")]
@@ -50,7 +53,10 @@ pub enum TrainError {
 
 impl TrainError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -77,7 +83,11 @@ impl Default for TrainConfig {
         Self {
             epochs: 200,
             batch_size: 128,
-            schedule: StepSchedule { lr: 0.1, milestones: vec![60, 120, 160], gamma: 0.2 },
+            schedule: StepSchedule {
+                lr: 0.1,
+                milestones: vec![60, 120, 160],
+                gamma: 0.2,
+            },
             momentum: 0.9,
             nesterov: true,
             weight_decay: 5e-4,
@@ -119,9 +129,20 @@ pub struct TrainJob<'a> {
 /// Trains to `config.epochs`, resuming from `out_dir` if it holds an earlier
 /// checkpoint of the same run. Returns the metrics of the epochs run now.
 pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
-    let TrainJob { model, model_config, train_set, train_masks, test_set, test_masks, config, out_dir } = job;
+    let TrainJob {
+        model,
+        model_config,
+        train_set,
+        train_masks,
+        test_set,
+        test_masks,
+        config,
+        out_dir,
+    } = job;
     if config.batch_size == 0 || train_set.is_empty() {
-        return Err(TrainError::Invalid("batch size and training set must be non-empty".into()));
+        return Err(TrainError::Invalid(
+            "batch size and training set must be non-empty".into(),
+        ));
     }
     let device = model.device();
     let data_record = DataRecord {
@@ -132,14 +153,19 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
     };
     let norm = train_set.normalization();
     let describe = model.describe();
-    let vs = model
-        .var_store_mut()
-        .ok_or_else(|| TrainError::Invalid(format!("{describe} has no trainable parameters here; train a native architecture")))?;
+    let vs = model.var_store_mut().ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{describe} has no trainable parameters here; train a native architecture"
+        ))
+    })?;
 
     let mut start_epoch = 0;
     let mut sgd = Sgd::new(vs, config.momentum, config.nesterov, config.weight_decay);
     if let Some(previous) = checkpoint::read_config(&out_dir)? {
-        if previous.model != model_config || previous.data != data_record || previous.train.seed != config.seed {
+        if previous.model != model_config
+            || previous.data != data_record
+            || previous.train.seed != config.seed
+        {
             return Err(TrainError::Invalid(format!(
                 "{} holds a checkpoint of a different run (model, data, masks or seed differ); choose another --out",
                 out_dir.display()
@@ -147,7 +173,10 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
         }
         let state = checkpoint::load(&out_dir, vs)?;
         sgd = Sgd::new(vs, config.momentum, config.nesterov, config.weight_decay);
-        sgd.load_state(state).map_err(|p| TrainError::Checkpoint { path: out_dir.clone(), problem: p })?;
+        sgd.load_state(state).map_err(|p| TrainError::Checkpoint {
+            path: out_dir.clone(),
+            problem: p,
+        })?;
         start_epoch = previous.epochs_done;
         tracing::info!(dir = %out_dir.display(), epoch = start_epoch, "resuming from checkpoint");
     }
@@ -166,7 +195,10 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
         let lr = config.schedule.lr_at(epoch);
         let started = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0usize);
-        let mut progress = Progress::new(&format!("epoch {}/{}", epoch + 1, config.epochs), order.len() as u64);
+        let mut progress = Progress::new(
+            &format!("epoch {}/{}", epoch + 1, config.epochs),
+            order.len() as u64,
+        );
         for chunk in order.chunks(config.batch_size) {
             let (mut xs, ys) = data::batch(train_set, chunk, device)?;
             if let Some(masks) = train_masks {
@@ -177,8 +209,17 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
             }
             let (loss, hits) = {
                 let logits = model.forward(&xs, true)?;
-                let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(&ys, None::<Tensor>, tch::Reduction::Mean, -100)?;
-                let hits = logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64).int64_value(&[]);
+                let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
+                    &ys,
+                    None::<Tensor>,
+                    tch::Reduction::Mean,
+                    -100,
+                )?;
+                let hits = logits
+                    .argmax(-1, false)
+                    .eq_tensor(&ys)
+                    .sum(Kind::Int64)
+                    .int64_value(&[]);
                 sgd.zero_grad();
                 loss.backward();
                 (loss.double_value(&[]), hits)
@@ -216,7 +257,10 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
         };
         // Metrics first: a crash before the checkpoint lands leaves a line for an
         // epoch that will rerun, which the resume drops (see `keep_metrics_until`).
-        append_line(&metrics_path, &serde_json::to_string(&metrics).expect("metrics serialize"))?;
+        append_line(
+            &metrics_path,
+            &serde_json::to_string(&metrics).expect("metrics serialize"),
+        )?;
         checkpoint::save(&out_dir, vs, &sgd.state(), &cfg)?;
         all.push(metrics);
     }
@@ -243,7 +287,11 @@ fn keep_metrics_until(path: &Path, epochs_done: usize) -> Result<(), TrainError>
 }
 
 fn append_line(path: &Path, line: &str) -> Result<(), TrainError> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))?;
     writeln!(f, "{line}").map_err(|e| TrainError::io(path, e))
 }
 

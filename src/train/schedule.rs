@@ -25,9 +25,21 @@ mod tests {
 
     #[test]
     fn paper_cifar_schedule() {
-        let s = StepSchedule { lr: 0.1, milestones: vec![60, 120, 160], gamma: 0.2 };
+        let s = StepSchedule {
+            lr: 0.1,
+            milestones: vec![60, 120, 160],
+            gamma: 0.2,
+        };
         // 0.1, then ÷5 at each milestone: 0.02, 0.004, 0.0008.
-        for (epoch, lr) in [(0, 0.1), (59, 0.1), (60, 0.02), (119, 0.02), (120, 0.004), (160, 0.0008), (199, 0.0008)] {
+        for (epoch, lr) in [
+            (0, 0.1),
+            (59, 0.1),
+            (60, 0.02),
+            (119, 0.02),
+            (120, 0.004),
+            (160, 0.0008),
+            (199, 0.0008),
+        ] {
             assert!((s.lr_at(epoch) - lr).abs() < 1e-12, "epoch {epoch}");
         }
     }

@@ -21,11 +21,20 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(vs: &VarStore, momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
-        let mut params: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let buffers = params.iter().map(|_| None).collect();
-        Self { momentum, nesterov, weight_decay, params, buffers }
+        Self {
+            momentum,
+            nesterov,
+            weight_decay,
+            params,
+            buffers,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -41,7 +50,11 @@ impl Sgd {
                 if !grad.defined() {
                     continue;
                 }
-                let g = if self.weight_decay != 0.0 { grad + &*p * self.weight_decay } else { grad };
+                let g = if self.weight_decay != 0.0 {
+                    grad + &*p * self.weight_decay
+                } else {
+                    grad
+                };
                 let update = if self.momentum != 0.0 {
                     let b = match buf {
                         Some(b) => {
@@ -54,7 +67,11 @@ impl Sgd {
                             b
                         }
                     };
-                    if self.nesterov { g + b * self.momentum } else { b }
+                    if self.nesterov {
+                        g + b * self.momentum
+                    } else {
+                        b
+                    }
                 } else {
                     g
                 };
@@ -77,11 +94,17 @@ impl Sgd {
     pub fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<(), String> {
         for (name, tensor) in state {
             let Some(i) = self.params.iter().position(|(n, _)| *n == name) else {
-                return Err(format!("optimizer state has parameter {name:?} the model lacks"));
+                return Err(format!(
+                    "optimizer state has parameter {name:?} the model lacks"
+                ));
             };
             let p = &self.params[i].1;
             if tensor.size() != p.size() {
-                return Err(format!("optimizer state for {name:?} has shape {:?}, the parameter {:?}", tensor.size(), p.size()));
+                return Err(format!(
+                    "optimizer state for {name:?} has shape {:?}, the parameter {:?}",
+                    tensor.size(),
+                    p.size()
+                ));
             }
             self.buffers[i] = Some(tensor.to_device(p.device()).to_kind(p.kind()));
         }
@@ -105,7 +128,9 @@ mod tests {
         // Step 2: g = 2.01 p = [1.242381, -2.484762]; buf = 0.9·[2.01,-4.02] + g = [3.051381, -6.102762]
         //         upd = g + 0.9 buf = [3.9886239, -7.9772478]; p = [0.21923761, -0.43847522]
         let vs = nn::VarStore::new(Device::Cpu);
-        let p = vs.root().var_copy("p", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let p = vs
+            .root()
+            .var_copy("p", &Tensor::from_slice(&[1.0f32, -2.0]));
         let mut sgd = Sgd::new(&vs, 0.9, true, 0.01);
         for _ in 0..2 {
             sgd.zero_grad();

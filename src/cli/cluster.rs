@@ -1,0 +1,297 @@
+//! `overinterp run`, `leader`, `worker` and `status`: SIS jobs on the cluster runtime.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use overinterp_cluster::net::{self, LeaderConfig, ShutdownHandle, WorkerConfig};
+
+use crate::exec::{SisExecutor, StoreSink};
+use crate::job::SisJob;
+use crate::store::StoreWriter;
+
+/// Cluster tuning shared by `run` and `leader`.
+#[derive(Args, Debug, Clone)]
+pub struct LeaderTuning {
+    /// Images per shard (workers pull one shard at a time).
+    #[arg(long, default_value_t = 64)]
+    pub shard_size: u64,
+    /// Seconds a worker may go silent before its shards go back to the queue.
+    #[arg(long, default_value_t = 30)]
+    pub lease_secs: u64,
+    /// Job directory for credentials (cert.der, secret) and leader.addr; on a
+    /// cluster it must be on storage every node sees. Default: `<store>.job`.
+    #[arg(long)]
+    pub job_dir: Option<PathBuf>,
+}
+
+/// Run a SIS job (TOML, see the README) with a leader and N workers in this
+/// process over loopback QUIC — the same code paths as a cluster run. Rerunning
+/// resumes; Ctrl-C drains the workers and stops.
+///
+/// Example:
+///   overinterp run job.toml --local-workers 2
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct RunArgs {
+    /// The job spec (TOML).
+    pub job: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub local_workers: usize,
+    #[command(flatten)]
+    pub tuning: LeaderTuning,
+}
+
+/// Lead a SIS job on a cluster: bind ADDR, write `leader.addr` and the job's
+/// certificate and secret to the job directory, hand out shards, and merge results
+/// into the store. Killed and restarted on the same store, it resumes.
+///
+/// Example:
+///   overinterp leader --job job.toml --listen 0.0.0.0:0 --out stores/r20-test
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct LeaderArgs {
+    #[arg(long)]
+    pub job: PathBuf,
+    /// Address to bind (port 0: any free port; the real one goes to leader.addr).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Result store directory (overrides the job's `out`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: LeaderTuning,
+}
+
+/// Work for a SIS job's leader: pull shards, compute, stream results back. SIGTERM
+/// finishes the current mini-batch, returns the shard and leaves.
+///
+/// Example:
+///   overinterp worker --job-dir stores/r20-test.job --device cuda:0
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct WorkerArgs {
+    /// The leader's address (default: read `leader.addr` in the job directory).
+    #[arg(long)]
+    pub leader: Option<SocketAddr>,
+    /// Job directory holding cert.der and secret (or set OVERINTERP_SECRET).
+    #[arg(long)]
+    pub job_dir: PathBuf,
+    /// Device for this worker (overrides the job's).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Name in status and logs (default: host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// CPU threads for libtorch.
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+/// Show a running job's progress: shards done/leased/pending, images/s, ETA, and
+/// per-worker throughput.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub job_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")
+}
+
+/// Triggers `handle` on SIGTERM or SIGINT.
+fn shutdown_on_signals(handle: ShutdownHandle) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => return tracing::warn!(error = %e, "cannot listen for SIGTERM"),
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: draining");
+        handle.trigger();
+    });
+}
+
+fn read_job(path: &Path, out: Option<&PathBuf>) -> anyhow::Result<(SisJob, String)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading job spec {}", path.display()))?;
+    let mut job =
+        SisJob::from_toml(&text).with_context(|| format!("job spec {}", path.display()))?;
+    if let Some(out) = out {
+        job.out = out.clone();
+    }
+    let spec = job.to_toml();
+    Ok((job, spec))
+}
+
+/// Opens the job on the leader (on the CPU: it only needs the store's identity)
+/// and returns the leader configuration and the store sink.
+fn leader_setup(
+    job: &SisJob,
+    spec: String,
+    listen: SocketAddr,
+    tuning: &LeaderTuning,
+) -> anyhow::Result<(LeaderConfig, StoreSink)> {
+    let mut local = job.clone();
+    local.device = "cpu".into();
+    let opened = local.open()?;
+    let range = job.range(opened.source.len())?;
+    let writer = StoreWriter::open(&job.out, opened.meta.clone())
+        .with_context(|| format!("store {}", job.out.display()))?;
+    let job_dir = tuning
+        .job_dir
+        .clone()
+        .unwrap_or_else(|| default_job_dir(&job.out));
+    let mut config = LeaderConfig::new(listen, job_dir, spec, range.end);
+    config.shard_size = tuning.shard_size.max(1);
+    config.lease = Duration::from_secs(tuning.lease_secs.max(1));
+    Ok((config, StoreSink::new(writer, range.start)))
+}
+
+/// `<store>.job`, beside the store.
+pub fn default_job_dir(store: &Path) -> PathBuf {
+    let mut name = store
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "store".into());
+    name.push(".job");
+    store.with_file_name(name)
+}
+
+pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
+    let (job, spec) = read_job(&args.job, None)?;
+    let workers = args.local_workers.max(1);
+    // One libtorch pool per process: share the cores among the workers.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads((cores / workers).max(1) as i32);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let (config, sink) = leader_setup(
+            &job,
+            spec,
+            "127.0.0.1:0".parse().expect("valid"),
+            &args.tuning,
+        )?;
+        let shutdown = ShutdownHandle::new();
+        shutdown_on_signals(shutdown.clone());
+        let device = Some(job.device.clone());
+        net::run_local(
+            config,
+            sink,
+            workers,
+            |_| SisExecutor::new(device.clone()),
+            shutdown,
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    })?;
+    let s = &report.job.status;
+    println!(
+        "job done: {} of {} images in the store ({} resumed), {:.2} images/s, {} worker(s); store: {}",
+        s.images_done,
+        s.images_total,
+        s.images_resumed,
+        s.images_per_s,
+        workers,
+        job.out.display()
+    );
+    for (i, w) in report.workers.iter().enumerate() {
+        if let Err(e) = w {
+            eprintln!("worker {i} failed: {e}");
+        }
+    }
+    Ok(())
+}
+
+pub fn run_leader(args: LeaderArgs) -> anyhow::Result<()> {
+    let (job, spec) = read_job(&args.job, args.out.as_ref())?;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let (config, sink) = leader_setup(&job, spec, args.listen, &args.tuning)?;
+        let job_dir = config.job_dir.clone();
+        let leader = net::Leader::bind(config, sink)?;
+        shutdown_on_signals(leader.shutdown_handle());
+        println!(
+            "leader listening on {}; job directory {}",
+            leader.local_addr(),
+            job_dir.display()
+        );
+        leader.run().await.map_err(anyhow::Error::from)
+    })?;
+    println!(
+        "job done: {} of {} images, {} refused connection(s), {:.1} s",
+        report.status.images_done, report.status.images_total, report.refused, report.elapsed_s
+    );
+    Ok(())
+}
+
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let name = args.name.clone().unwrap_or_else(|| {
+        let host = std::env::var("SLURMD_NODENAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let mut config = WorkerConfig::new(&args.job_dir, name);
+    config.leader_addr = args.leader;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let shutdown = ShutdownHandle::new();
+        shutdown_on_signals(shutdown.clone());
+        net::run_worker(
+            config,
+            SisExecutor::new(args.device.clone()),
+            shutdown.subscribe(),
+        )
+        .await
+    })?;
+    println!(
+        "worker done ({:?}): {} shard(s), {} image(s), {} reconnect(s)",
+        report.outcome, report.shards_acked, report.images_emitted, report.reconnects
+    );
+    Ok(())
+}
+
+pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let status = rt
+        .block_on(net::query_status(&args.job_dir, None))
+        .with_context(|| format!("asking the leader of {}", args.job_dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let eta = status.eta_s.map_or("-".into(), |s| format!("{s:.0} s"));
+    println!(
+        "{} / {} images ({} resumed), {:.2} images/s, ETA {eta}; shards: {} done, {} syncing, {} leased, {} pending",
+        status.images_done,
+        status.images_total,
+        status.images_resumed,
+        status.images_per_s,
+        status.shards.done,
+        status.shards.syncing,
+        status.shards.leased,
+        status.shards.pending
+    );
+    for w in &status.workers {
+        println!("  {}", serde_json::to_string(w)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! A SIS job: which model, which dataset split, which method and parameters, and
+//! where the results go. The same description drives a single-process run
+//! (`overinterp sis`) and a cluster run (`overinterp run|leader|worker`, where it
+//! travels to workers as TOML), so both produce the same store.
+//!
+//! ```toml
+//! model = "runs/resnet20"               # checkpoint dir, TorchScript .pt, or ensemble:a,b
+//! data = "cifar10:data/cifar-10-batches-bin"
+//! split = "test"
+//! out = "stores/resnet20-test-exact"
+//! device = "cpu"                        # per worker; cuda:N on GPU nodes
+//! # start = 0                           # optional index range [start, end)
+//! # end = 1000
+//! [sis]
+//! method = { kind = "exact" }           # or { kind = "gradient", k = 100 }
+//! thresholds = [0.99]
+//! batch_size = 32
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::data::{self, ImageSource, Split};
+use crate::models::{self, Classifier};
+use crate::sis::{self, ImageSis, SisParams};
+use crate::store::{StoreMeta, StoreWriter, FORMAT_VERSION};
+use crate::util::{sha256_hex, Progress};
+
+/// Everything a SIS run needs; serialized as TOML for cluster jobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SisJob {
+    /// `--model`: checkpoint dir, TorchScript file, or `ensemble:A,B,...`.
+    pub model: String,
+    /// `--data`: `KIND:PATH` (see `overinterp train --help`).
+    pub data: String,
+    pub split: Split,
+    /// Result store directory.
+    pub out: PathBuf,
+    /// Device each process computes on.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// First image index (inclusive) and last (exclusive); default the whole split.
+    #[serde(default)]
+    pub start: Option<u64>,
+    #[serde(default)]
+    pub end: Option<u64>,
+    pub sis: SisParams,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// A model and dataset opened for a job.
+pub struct Opened {
+    pub model: Box<dyn Classifier>,
+    pub source: Box<dyn ImageSource>,
+    pub meta: StoreMeta,
+}
+
+impl SisJob {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).context("job spec is not valid TOML for a SIS job")
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a SIS job serializes to TOML")
+    }
+
+    /// The indices this job covers.
+    pub fn range(&self, len: usize) -> anyhow::Result<std::ops::Range<u64>> {
+        let (start, end) = (
+            self.start.unwrap_or(0),
+            self.end.unwrap_or(len as u64).min(len as u64),
+        );
+        anyhow::ensure!(
+            start <= end,
+            "job range start {start} is after end {end} (the split has {len} images)"
+        );
+        Ok(start..end)
+    }
+
+    /// Opens the dataset and the model and describes the store they make.
+    pub fn open(&self) -> anyhow::Result<Opened> {
+        self.sis.validate()?;
+        let device = crate::util::parse_device(&self.device).map_err(anyhow::Error::msg)?;
+        let spec: data::DatasetSpec = self
+            .data
+            .parse()
+            .with_context(|| format!("data {}", self.data))?;
+        let source = data::open_dataset(&spec, self.split)
+            .with_context(|| format!("opening {} ({} split)", self.data, self.split))?;
+        let [c, h, w] = source.shape();
+        let mut model = models::load_model(&self.model, device, [c as i64, h as i64, w as i64])
+            .with_context(|| format!("loading model {}", self.model))?;
+        model.freeze();
+        let meta = StoreMeta {
+            format_version: FORMAT_VERSION,
+            model: model.describe(),
+            model_sha256: model_fingerprint(&self.model)?,
+            dataset: source.name(),
+            dataset_sha256: source.content_hash(),
+            split: self.split.to_string(),
+            method: self.sis.method,
+            thresholds: self.sis.thresholds.clone(),
+            height: h as u32,
+            width: w as u32,
+            num_images: source.len() as u64,
+            seed: self.sis.seed,
+            extra: [
+                ("collection".to_string(), self.sis.collection.to_string()),
+                ("autocast".into(), self.sis.autocast.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        Ok(Opened {
+            model,
+            source,
+            meta,
+        })
+    }
+
+    /// Runs the whole job in this process, resuming whatever the store already
+    /// holds; every mini-batch is made durable before the next starts, so a kill
+    /// loses at most one mini-batch of work. Returns the number of images computed.
+    pub fn run_local(&self, stop: &AtomicBool) -> anyhow::Result<usize> {
+        let opened = self.open()?;
+        let range = self.range(opened.source.len())?;
+        let mut writer = StoreWriter::open(&self.out, opened.meta.clone())?;
+        let todo = writer.missing(range.clone());
+        tracing::info!(store = %self.out.display(), total = range.end - range.start, todo = todo.len(), "sis job");
+        let mut progress = Progress::new("sis", todo.len() as u64);
+        let mut done = 0;
+        for chunk in todo.chunks(self.sis.batch_size) {
+            let summary = compute(&opened, chunk, &self.sis, stop, |rec| {
+                // A duplicate (already durable) is skipped: exactly once per index.
+                let _ = writer.append(rec)?;
+                Ok::<_, crate::store::StoreError>(())
+            })?;
+            writer.flush()?;
+            done += summary.emitted;
+            progress.inc(summary.emitted as u64);
+            if summary.stopped {
+                break;
+            }
+        }
+        progress.finish();
+        Ok(done)
+    }
+}
+
+/// SIS for `indices` with an opened job, results to `emit`.
+pub fn compute<E>(
+    opened: &Opened,
+    indices: &[u64],
+    params: &SisParams,
+    stop: &AtomicBool,
+    emit: impl FnMut(ImageSis) -> Result<(), E>,
+) -> Result<sis::SisRunSummary, sis::SisError>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    sis::run_sis(
+        opened.model.as_ref(),
+        opened.source.as_ref(),
+        indices,
+        params,
+        emit,
+        stop,
+    )
+}
+
+/// A content hash of the model files a `--model` spec names (weights and config
+/// of checkpoints, the file of TorchScript models, every member of an ensemble),
+/// so a store records exactly which weights made it.
+pub fn model_fingerprint(spec: &str) -> anyhow::Result<String> {
+    let members: Vec<&str> = match spec.strip_prefix("ensemble:") {
+        Some(list) => list.split(',').collect(),
+        None => vec![spec],
+    };
+    let mut hashes = String::new();
+    for member in members {
+        let path = PathBuf::from(member);
+        let files = if path.is_dir() {
+            vec![path.join("config.json"), path.join("model.safetensors")]
+        } else {
+            vec![path]
+        };
+        for file in files {
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("reading model file {}", file.display()))?;
+            hashes.push_str(&sha256_hex(&bytes));
+        }
+    }
+    Ok(sha256_hex(hashes.as_bytes()))
+}
+
+/// Parses `cpu`/`cuda`/`cuda:N` for a job (kept for callers holding a `Device`).
+pub fn device_of(job: &SisJob) -> anyhow::Result<Device> {
+    crate::util::parse_device(&job.device).map_err(anyhow::Error::msg)
+}
