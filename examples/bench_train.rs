@@ -70,15 +70,33 @@ fn main() -> anyhow::Result<()> {
     let infer_rate = batch as f64 / infer_secs;
     let train_rate = batch as f64 / train_secs;
     println!("bench-train: ResNet20, batch {batch}, CPU, {threads} libtorch threads");
-    println!("{:<44} {:>14} {:>12} {:>10}", "what", "rate", "GFLOP/s", "of matmul");
-    println!("{:<44} {:>14} {:>12.1} {:>10}", "fp32 matmul 2048³ (reference)", "-", peak / 1e9, "1.00");
+    println!(
+        "{:<44} {:>14} {:>12} {:>10}",
+        "what", "rate", "GFLOP/s", "of matmul"
+    );
+    println!(
+        "{:<44} {:>14} {:>12.1} {:>10}",
+        "fp32 matmul 2048³ (reference)",
+        "-",
+        peak / 1e9,
+        "1.00"
+    );
     for (what, rate, flop) in [
         ("inference (eval, no grad)", infer_rate, fwd),
         ("training step (fwd+bwd+SGD)", train_rate, 3.0 * fwd),
     ] {
         let achieved = rate * flop;
-        println!("{:<44} {:>10.0} img/s {:>12.1} {:>10.2}", what, rate, achieved / 1e9, achieved / peak);
+        println!(
+            "{:<44} {:>10.0} img/s {:>12.1} {:>10.2}",
+            what,
+            rate,
+            achieved / 1e9,
+            achieved / peak
+        );
     }
-    println!("(ResNet20 forward = {:.1} MFLOP/image, counted analytically)", fwd / 1e6);
+    println!(
+        "(ResNet20 forward = {:.1} MFLOP/image, counted analytically)",
+        fwd / 1e6
+    );
     Ok(())
 }

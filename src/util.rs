@@ -104,7 +104,14 @@ impl Progress {
             bar
         });
         let now = Instant::now();
-        Self { bar, what: what.into(), total, done: 0, started: now, last_log: now }
+        Self {
+            bar,
+            what: what.into(),
+            total,
+            done: 0,
+            started: now,
+            last_log: now,
+        }
     }
 
     pub fn inc(&mut self, n: u64) {
@@ -153,6 +160,8 @@ mod tests {
     #[test]
     fn device_names() {
         assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
-        assert!(parse_device("gpu").unwrap_err().contains("use cpu, cuda or cuda:N"));
+        assert!(parse_device("gpu")
+            .unwrap_err()
+            .contains("use cpu, cuda or cuda:N"));
     }
 }
