@@ -100,7 +100,7 @@ impl ManifestEntry {
                 return Err(format!("index ranges are not sorted and disjoint at {r:?}"));
             }
             previous_end = r[1];
-            total += r[1] - r[0];
+            total = total.saturating_add(r[1] - r[0]);
         }
         if total != entry.count {
             return Err(format!(

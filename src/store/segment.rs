@@ -325,7 +325,10 @@ pub(crate) fn parse_layout(
             ));
         }
         let got: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
-        let numel: u64 = got.iter().product();
+        // Checked: a damaged header must give an error, not an overflow.
+        let numel = got.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let nbytes = numel.and_then(|n| n.checked_mul(dtype.size() as u64));
+        let numel = numel.unwrap_or(u64::MAX);
         match shape {
             Some(want) if got != want => Err(corrupt(
                 path,
@@ -335,9 +338,7 @@ pub(crate) fn parse_layout(
                 path,
                 format!("tensor `{name}` has shape {got:?}, expected one dimension"),
             )),
-            _ if numel * dtype.size() as u64
-                != (info.data_offsets.1 - info.data_offsets.0) as u64 =>
-            {
+            _ if nbytes != Some((info.data_offsets.1 - info.data_offsets.0) as u64) => {
                 Err(corrupt(
                     path,
                     format!("tensor `{name}` size disagrees with its shape"),
