@@ -1,4 +1,4 @@
-//! Link `torch_cuda` unconditionally when libtorch ships it, so a CUDA build of
+//! Set a run path to libtorch, and link `torch_cuda` unconditionally when libtorch ships it, so a CUDA build of
 //! libtorch registers its CUDA backend even though no Rust symbol references it
 //! (the linker would otherwise drop it under `--as-needed`). A CPU-only libtorch
 //! has no `libtorch_cuda.so`; then nothing extra is linked.
@@ -10,6 +10,10 @@ fn main() {
     let Some(lib) = libtorch_lib_dir() else {
         return;
     };
+    // A run path to libtorch, so `target/release/overinterp` starts without
+    // LD_LIBRARY_PATH. It is a RUNPATH: LD_LIBRARY_PATH still wins, which is how
+    // the same binary runs against another torch 2.11.0 (e.g. a CUDA machine's).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -16,15 +16,15 @@ pub struct DataArgs {
     /// imagenet; PATH is the directory holding its files, e.g.
     /// `fashion-mnist:/usr/share/datasets/fashion-mnist` or `cifar10:~/data/cifar-10-batches-bin`.
     /// `fashion-mnist` alone means Debian's folder (`apt-get install dataset-fashion-mnist`).
+    /// Options follow a `?`: `limit=N` (first N images of each split, any dataset),
+    /// CIFAR-10-C `corruptions=fog,snow&severities=1,5&sample=2000&seed=0`, ImageNet
+    /// `crop=224|299&bad-files=fail|skip`.
     #[arg(long, value_name = "KIND:PATH")]
     pub data: String,
     /// Reader options, repeatable: CIFAR-10-C `corruptions=fog,snow`, `severities=1,5`,
     /// `sample=2000`, `seed=0`; ImageNet `crop=224|299`, `bad-files=fail|skip`.
     #[arg(long = "data-opt", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    /// Use only the first N images of each split (quick experiments).
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
 }
 
 impl DataArgs {
@@ -43,16 +43,8 @@ impl DataArgs {
 
     /// Opens `split` of the dataset, cut to `--limit` images if given.
     pub fn open(&self, split: Split) -> anyhow::Result<Box<dyn ImageSource>> {
-        let source = data::open_dataset(&self.spec()?, split)
-            .with_context(|| format!("opening --data {} ({split} split)", self.data))?;
-        Ok(match self.limit {
-            Some(n) if n < source.len() => {
-                let indices: Vec<usize> = (0..n).collect();
-                let name = format!("{}[:{n}]", source.name());
-                Box::new(data::subset(source.as_ref(), &indices)?.with_name(name))
-            }
-            _ => source,
-        })
+        data::open_dataset(&self.spec()?, split)
+            .with_context(|| format!("opening --data {} ({split} split)", self.data))
     }
 }
 

@@ -82,6 +82,10 @@ pub struct DatasetSpec {
     /// Crop size and bad-file policy (ImageNet only).
     #[serde(default)]
     pub imagenet: ImageNetOptions,
+    /// Use only the first `limit` images of each split (`?limit=N`, any kind): quick
+    /// experiments and demos. Part of the dataset's name and content hash.
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 impl DatasetSpec {
@@ -92,6 +96,7 @@ impl DatasetSpec {
             root: root.into(),
             cifar10c: Cifar10cOptions::default(),
             imagenet: ImageNetOptions::default(),
+            limit: None,
         }
     }
 
@@ -112,6 +117,10 @@ impl DatasetSpec {
             ))
         };
         match key {
+            "limit" => {
+                self.limit = Some(value.parse().map_err(|_| bad("a number of images"))?);
+                Ok(())
+            }
             "corruptions" | "severities" | "sample" | "seed"
                 if self.kind != DatasetKind::Cifar10c =>
             {
@@ -161,8 +170,8 @@ impl DatasetSpec {
                 Ok(())
             }
             _ => Err(DataError::Invalid(format!(
-                "unknown data option {key:?}: known are corruptions, severities, sample, seed \
-                 (cifar10c) and crop, bad-files (imagenet)"
+                "unknown data option {key:?}: known are limit (any dataset), corruptions, \
+                 severities, sample, seed (cifar10c) and crop, bad-files (imagenet)"
             ))),
         }
     }
@@ -207,12 +216,19 @@ impl std::fmt::Display for DatasetSpec {
 
 /// Opens `split` of the dataset `spec` names.
 pub fn open_dataset(spec: &DatasetSpec, split: Split) -> Result<Box<dyn ImageSource>, DataError> {
-    Ok(match spec.kind {
+    let source: Box<dyn ImageSource> = match spec.kind {
         DatasetKind::Cifar10 => Box::new(Cifar10::open(&spec.root, split)?),
         DatasetKind::Cifar10c => Box::new(Cifar10c::open(&spec.root, split, &spec.cifar10c)?),
         DatasetKind::FashionMnist => Box::new(Idx::open(&spec.root, split, IdxKind::FashionMnist)?),
         DatasetKind::Mnist => Box::new(Idx::open(&spec.root, split, IdxKind::Mnist)?),
         DatasetKind::Imagenet => Box::new(ImageNet::open(&spec.root, split, spec.imagenet)?),
+    };
+    Ok(match spec.limit {
+        Some(n) if n < source.len() => {
+            let name = format!("{}[:{n}]", source.name());
+            Box::new(super::subset(source.as_ref(), &(0..n).collect::<Vec<_>>())?.with_name(name))
+        }
+        _ => source,
     })
 }
 
