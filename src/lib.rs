@@ -12,6 +12,7 @@
 //! - [`job`]: a SIS job (model, data, method, store) shared by local and cluster runs.
 //! - [`models`]: the paper's architectures, TorchScript import, ensembles, input dropout.
 //! - [`train`]: training loop, schedules, augmentation, checkpoints, evaluation.
+//! - [`pipeline`]: the paper's experiment as cached stages; analyses and the report.
 //! - [`sis`]: exact and batched-gradient BackSelect, FindSIS, SIS collections.
 //! - [`store`]: the append-only, indexed, Python-readable SIS result store.
 //! - [`subsets`]: backselect top-q and random-q pixel subsets, mask sources, export.
@@ -22,6 +23,7 @@ pub mod data;
 pub mod exec;
 pub mod job;
 pub mod models;
+pub mod pipeline;
 pub mod sis;
 pub mod store;
 pub mod subsets;

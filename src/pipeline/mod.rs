@@ -1,0 +1,3 @@
+//! The paper's experiment as cached stages, and its report.
+
+pub mod analyses;
