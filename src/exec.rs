@@ -5,12 +5,135 @@
 //! `start..end` runs with `num_images = end`, and the sink reports indices below
 //! `start` as already durable, so the coordinator never schedules them.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
+use anyhow::Context;
+use overinterp_cluster::net::{self, LeaderConfig, LocalReport, ShutdownHandle};
 use overinterp_cluster::{EmitError, ExecError, Executor, ResultSink, SinkError};
 
 use crate::job::{Opened, SisJob};
 use crate::store::{encode_payload, StoreWriter};
+
+/// Leader settings beyond the job itself.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Images per shard.
+    pub shard_size: u64,
+    /// Seconds before a silent worker's shards return to the queue.
+    pub lease_secs: u64,
+    /// Credentials and `leader.addr`; default `<store>.job`.
+    pub job_dir: Option<PathBuf>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            shard_size: 64,
+            lease_secs: 30,
+            job_dir: None,
+        }
+    }
+}
+
+/// A tokio runtime for the cluster's drivers (two threads: they only pump I/O).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")
+}
+
+/// Triggers `handle` on SIGTERM or SIGINT. Call inside the runtime.
+pub fn shutdown_on_signals(handle: ShutdownHandle) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => return tracing::warn!(error = %e, "cannot listen for SIGTERM"),
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: draining");
+        handle.trigger();
+    });
+}
+
+/// Opens the job on the leader (on the CPU: it only needs the store's identity)
+/// and returns the leader configuration and the store sink.
+pub fn leader_setup(
+    job: &SisJob,
+    spec: String,
+    listen: SocketAddr,
+    tuning: &Tuning,
+) -> anyhow::Result<(LeaderConfig, StoreSink)> {
+    let mut local = job.clone();
+    local.device = "cpu".into();
+    let opened = local.open()?;
+    let range = job.range(opened.source.len())?;
+    let writer = StoreWriter::open(&job.out, opened.meta.clone())
+        .with_context(|| format!("store {}", job.out.display()))?;
+    let job_dir = tuning
+        .job_dir
+        .clone()
+        .unwrap_or_else(|| default_job_dir(&job.out));
+    let mut config = LeaderConfig::new(listen, job_dir, spec, range.end);
+    config.shard_size = tuning.shard_size.max(1);
+    config.lease = Duration::from_secs(tuning.lease_secs.max(1));
+    Ok((config, StoreSink::new(writer, range.start)))
+}
+
+/// `<store>.job`, beside the store.
+pub fn default_job_dir(store: &Path) -> PathBuf {
+    let mut name = store
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "store".into());
+    name.push(".job");
+    store.with_file_name(name)
+}
+
+/// Runs `job` with a leader and `workers` workers in this process over loopback
+/// QUIC (the embedded cluster). The cores are shared among the workers: libtorch
+/// has one thread pool per process.
+pub fn run_job_local(job: &SisJob, workers: usize, tuning: &Tuning) -> anyhow::Result<LocalReport> {
+    let workers = workers.max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let previous = tch::get_num_threads();
+    tch::set_num_threads((cores / workers).max(1) as i32);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let (config, sink) = leader_setup(
+            job,
+            job.to_toml(),
+            "127.0.0.1:0".parse().expect("valid"),
+            tuning,
+        )?;
+        let shutdown = ShutdownHandle::new();
+        shutdown_on_signals(shutdown.clone());
+        let device = Some(job.device.clone());
+        net::run_local(
+            config,
+            sink,
+            workers,
+            |_| SisExecutor::new(device.clone()),
+            shutdown,
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    });
+    tch::set_num_threads(previous);
+    let report = report?;
+    if let Some(Err(e)) = report.workers.iter().find(|w| w.is_err()) {
+        tracing::warn!(error = %e, "a local worker failed");
+    }
+    Ok(report)
+}
 
 /// Computes SIS for the shards a worker is given. The model and dataset are opened
 /// on the first shard and kept while the job spec stays the same.

@@ -2,15 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use overinterp_cluster::net::{self, LeaderConfig, ShutdownHandle, WorkerConfig};
+use overinterp_cluster::net::{self, ShutdownHandle, WorkerConfig};
 
-use crate::exec::{SisExecutor, StoreSink};
+use crate::exec::{self, SisExecutor};
 use crate::job::SisJob;
-use crate::store::StoreWriter;
 
 /// Cluster tuning shared by `run` and `leader`.
 #[derive(Args, Debug, Clone)]
@@ -25,6 +23,16 @@ pub struct LeaderTuning {
     /// cluster it must be on storage every node sees. Default: `<store>.job`.
     #[arg(long)]
     pub job_dir: Option<PathBuf>,
+}
+
+impl LeaderTuning {
+    fn to_tuning(&self) -> exec::Tuning {
+        exec::Tuning {
+            shard_size: self.shard_size,
+            lease_secs: self.lease_secs,
+            job_dir: self.job_dir.clone(),
+        }
+    }
 }
 
 /// Run a SIS job (TOML, see the README) with a leader and N workers in this
@@ -138,40 +146,6 @@ fn read_job(path: &Path, out: Option<&PathBuf>) -> anyhow::Result<(SisJob, Strin
     Ok((job, spec))
 }
 
-/// Opens the job on the leader (on the CPU: it only needs the store's identity)
-/// and returns the leader configuration and the store sink.
-fn leader_setup(
-    job: &SisJob,
-    spec: String,
-    listen: SocketAddr,
-    tuning: &LeaderTuning,
-) -> anyhow::Result<(LeaderConfig, StoreSink)> {
-    let mut local = job.clone();
-    local.device = "cpu".into();
-    let opened = local.open()?;
-    let range = job.range(opened.source.len())?;
-    let writer = StoreWriter::open(&job.out, opened.meta.clone())
-        .with_context(|| format!("store {}", job.out.display()))?;
-    let job_dir = tuning
-        .job_dir
-        .clone()
-        .unwrap_or_else(|| default_job_dir(&job.out));
-    let mut config = LeaderConfig::new(listen, job_dir, spec, range.end);
-    config.shard_size = tuning.shard_size.max(1);
-    config.lease = Duration::from_secs(tuning.lease_secs.max(1));
-    Ok((config, StoreSink::new(writer, range.start)))
-}
-
-/// `<store>.job`, beside the store.
-pub fn default_job_dir(store: &Path) -> PathBuf {
-    let mut name = store
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "store".into());
-    name.push(".job");
-    store.with_file_name(name)
-}
-
 pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     let (job, spec) = read_job(&args.job, None)?;
     let workers = args.local_workers.max(1);
@@ -180,11 +154,11 @@ pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
     tch::set_num_threads((cores / workers).max(1) as i32);
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (config, sink) = leader_setup(
+        let (config, sink) = exec::leader_setup(
             &job,
             spec,
             "127.0.0.1:0".parse().expect("valid"),
-            &args.tuning,
+            &args.tuning.to_tuning(),
         )?;
         let shutdown = ShutdownHandle::new();
         shutdown_on_signals(shutdown.clone());
@@ -221,7 +195,7 @@ pub fn run_leader(args: LeaderArgs) -> anyhow::Result<()> {
     let (job, spec) = read_job(&args.job, args.out.as_ref())?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (config, sink) = leader_setup(&job, spec, args.listen, &args.tuning)?;
+        let (config, sink) = exec::leader_setup(&job, spec, args.listen, &args.tuning.to_tuning())?;
         let job_dir = config.job_dir.clone();
         let leader = net::Leader::bind(config, sink)?;
         shutdown_on_signals(leader.shutdown_handle());

@@ -5,6 +5,7 @@
 mod cluster;
 mod common;
 mod eval;
+mod pipeline;
 mod sis;
 mod subsets;
 mod train;
@@ -44,6 +45,8 @@ pub enum Command {
     Worker(cluster::WorkerArgs),
     /// Show a running job's progress.
     Status(cluster::StatusArgs),
+    /// Run the paper's whole experiment and write a report.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// Runs one parsed command line.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leader(args) => cluster::run_leader(args),
         Command::Worker(args) => cluster::run_worker(args),
         Command::Status(args) => cluster::run_status(args),
+        Command::Pipeline(args) => pipeline::run(args),
     }
 }
 

@@ -1,0 +1,182 @@
+//! The pipeline's stages, each cached by the content hash of its inputs.
+//!
+//! A stage's directory is `stages/<name>-<hash>` where the hash covers its
+//! parameters and the directories of the stages it reads. A finished stage leaves
+//! `done.json` (its result); a rerun returns that without work. An unfinished one
+//! resumes: training from its last checkpoint, SIS from its store. So a rerun
+//! after a crash, or with one more replicate, redoes only what changed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::data::{self, ImageSource, Split};
+use crate::job::SisJob;
+use crate::models::{self, Arch, ModelConfig};
+use crate::subsets::{MaskSource, RandomSubset, Selection, StoredSubsets};
+use crate::train::{self, eval, TrainConfig, TrainJob};
+
+/// Runs stages under `root/stages`.
+pub struct Stages {
+    pub root: PathBuf,
+}
+
+impl Stages {
+    /// Returns the cached result of stage `name` with inputs `key`, or runs `run`
+    /// in its directory and caches what it returns.
+    pub fn run<K: Serialize, T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+        key: &K,
+        run: impl FnOnce(&Path) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(PathBuf, T)> {
+        let json = serde_json::to_vec(key).expect("stage keys serialize");
+        let hash = crate::util::sha256_hex(&json);
+        let dir = self
+            .root
+            .join("stages")
+            .join(format!("{name}-{}", &hash[..12]));
+        let done = dir.join("done.json");
+        if let Ok(bytes) = std::fs::read(&done) {
+            if let Ok(value) = serde_json::from_slice(&bytes) {
+                tracing::info!(stage = name, dir = %dir.display(), "cached");
+                return Ok((dir, value));
+            }
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("key.json"), serde_json::to_vec_pretty(key)?)?;
+        let span = tracing::info_span!("stage", name);
+        let _enter = span.enter();
+        tracing::info!(dir = %dir.display(), "running");
+        let value = run(&dir).with_context(|| format!("stage {name} ({})", dir.display()))?;
+        let tmp = dir.join("done.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&value)?)?;
+        std::fs::rename(&tmp, &done)?;
+        Ok((dir, value))
+    }
+}
+
+/// Trains `arch` on full training images (or on `masks`) and returns the checkpoint dir.
+#[allow(clippy::too_many_arguments)]
+pub fn train_model(
+    dir: &Path,
+    arch: &str,
+    input_dropout: Option<f64>,
+    train_set: &dyn ImageSource,
+    masks: Option<&dyn MaskSource>,
+    config: &TrainConfig,
+    device: tch::Device,
+) -> anyhow::Result<()> {
+    let arch: Arch = arch.parse()?;
+    let [c, h, w] = train_set.shape();
+    let mut model_config = ModelConfig::new(
+        arch,
+        train_set.num_classes() as i64,
+        [c as i64, h as i64, w as i64],
+    );
+    if let Some(p) = input_dropout {
+        model_config = model_config.with_input_dropout(p, config.seed);
+    }
+    tch::manual_seed(config.seed as i64);
+    let mut model = models::build(&model_config, device)?;
+    train::train(TrainJob {
+        model: model.as_mut(),
+        model_config: serde_json::to_value(&model_config)?,
+        train_set,
+        train_masks: masks,
+        test_set: None,
+        test_masks: None,
+        config: config.clone(),
+        out_dir: dir.to_path_buf(),
+    })?;
+    Ok(())
+}
+
+/// Runs SIS over a whole split through the embedded cluster into `store`.
+pub fn sis_split(job: &SisJob, workers: usize) -> anyhow::Result<()> {
+    let tuning = crate::exec::Tuning {
+        shard_size: (job.sis.batch_size as u64).max(1) * 2,
+        ..Default::default()
+    };
+    let report = crate::exec::run_job_local(job, workers, &tuning)?;
+    let status = &report.job.status;
+    anyhow::ensure!(
+        status.images_done == status.images_total,
+        "SIS job stopped with {} of {} images",
+        status.images_done,
+        status.images_total
+    );
+    Ok(())
+}
+
+/// Opens a split of the pipeline's dataset.
+pub fn open_split(spec: &str, split: Split) -> anyhow::Result<Box<dyn ImageSource>> {
+    let spec: data::DatasetSpec = spec.parse().with_context(|| format!("data {spec}"))?;
+    Ok(data::open_dataset(&spec, split)?)
+}
+
+/// The masks of one subset kind for one split.
+pub fn subset_masks(
+    kind: SubsetKind,
+    fraction: f64,
+    seed: u64,
+    store: &Path,
+    (h, w): (usize, usize),
+) -> anyhow::Result<Box<dyn MaskSource>> {
+    Ok(match kind {
+        SubsetKind::Full => anyhow::bail!("full images need no mask"),
+        SubsetKind::Backselect => {
+            let reader = crate::store::StoreReader::open(store)?;
+            Box::new(StoredSubsets::from_store(
+                &reader,
+                Selection::BackselectTop(fraction),
+            )?)
+        }
+        SubsetKind::Random => Box::new(RandomSubset::new(fraction, seed, h, w)?),
+    })
+}
+
+/// What a model sees of each image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum SubsetKind {
+    Full,
+    Backselect,
+    Random,
+}
+
+impl SubsetKind {
+    pub fn label(self, fraction: f64) -> String {
+        let pct = format!("{}%", crate::pipeline::report_pct(fraction));
+        match self {
+            SubsetKind::Full => "Full".into(),
+            SubsetKind::Backselect => format!("BS {pct}"),
+            SubsetKind::Random => format!("Random {pct}"),
+        }
+    }
+}
+
+/// Accuracy and mean confidence of a model on one test view.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct EvalSummary {
+    pub top1: f64,
+    pub mean_confidence: f64,
+    pub images: usize,
+}
+
+pub fn evaluate(
+    model: &dyn models::Classifier,
+    source: &dyn ImageSource,
+    masks: Option<&dyn MaskSource>,
+) -> anyhow::Result<(EvalSummary, eval::EvalReport)> {
+    let report = eval::evaluate(model, source, masks, 256)?;
+    Ok((
+        EvalSummary {
+            top1: report.top1,
+            mean_confidence: report.mean_confidence,
+            images: report.images,
+        },
+        report,
+    ))
+}
