@@ -16,7 +16,7 @@ pub struct DataArgs {
     /// imagenet; PATH is the directory holding its files, e.g.
     /// `fashion-mnist:/usr/share/datasets/fashion-mnist` or `cifar10:~/data/cifar-10-batches-bin`.
     /// `fashion-mnist` alone means Debian's folder (`apt-get install dataset-fashion-mnist`).
-    /// Options follow a `?`: `limit=N` (first N images of each split, any dataset),
+    /// Options follow a `?`: `limit=N` (first N images of each split, any dataset), `test-limit=M`,
     /// CIFAR-10-C `corruptions=fog,snow&severities=1,5&sample=2000&seed=0`, ImageNet
     /// `crop=224|299&bad-files=fail|skip`.
     #[arg(long, value_name = "KIND:PATH")]

@@ -86,6 +86,9 @@ pub struct DatasetSpec {
     /// experiments and demos. Part of the dataset's name and content hash.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// A different cut for the test split (`?test-limit=M`); `limit` when absent.
+    #[serde(default)]
+    pub test_limit: Option<usize>,
 }
 
 impl DatasetSpec {
@@ -97,6 +100,7 @@ impl DatasetSpec {
             cifar10c: Cifar10cOptions::default(),
             imagenet: ImageNetOptions::default(),
             limit: None,
+            test_limit: None,
         }
     }
 
@@ -119,6 +123,10 @@ impl DatasetSpec {
         match key {
             "limit" => {
                 self.limit = Some(value.parse().map_err(|_| bad("a number of images"))?);
+                Ok(())
+            }
+            "test-limit" => {
+                self.test_limit = Some(value.parse().map_err(|_| bad("a number of images"))?);
                 Ok(())
             }
             "corruptions" | "severities" | "sample" | "seed"
@@ -170,7 +178,7 @@ impl DatasetSpec {
                 Ok(())
             }
             _ => Err(DataError::Invalid(format!(
-                "unknown data option {key:?}: known are limit (any dataset), corruptions, \
+                "unknown data option {key:?}: known are limit, test-limit (any dataset), corruptions, \
                  severities, sample, seed (cifar10c) and crop, bad-files (imagenet)"
             ))),
         }
@@ -223,7 +231,11 @@ pub fn open_dataset(spec: &DatasetSpec, split: Split) -> Result<Box<dyn ImageSou
         DatasetKind::Mnist => Box::new(Idx::open(&spec.root, split, IdxKind::Mnist)?),
         DatasetKind::Imagenet => Box::new(ImageNet::open(&spec.root, split, spec.imagenet)?),
     };
-    Ok(match spec.limit {
+    let limit = match split {
+        Split::Test => spec.test_limit.or(spec.limit),
+        Split::Train => spec.limit,
+    };
+    Ok(match limit {
         Some(n) if n < source.len() => {
             let name = format!("{}[:{n}]", source.name());
             Box::new(super::subset(source.as_ref(), &(0..n).collect::<Vec<_>>())?.with_name(name))
