@@ -6,10 +6,14 @@
 //! reproducible on CPU: data order, crops and flips come from [`SplitMix64`]
 //! streams keyed by (seed, epoch), libtorch's RNG is reseeded at each epoch, and the
 //! optimizer's momentum is checkpointed, so a resumed run equals an uninterrupted one.
+//!
+//! [`parallel::train_data_parallel`] runs the same loop as one rank of a data-parallel
+//! gang (gradients averaged over ranks each step; see [`parallel`]).
 
 pub mod augment;
 pub mod checkpoint;
 pub mod eval;
+pub mod parallel;
 pub mod schedule;
 pub mod sgd;
 
@@ -49,6 +53,15 @@ pub enum TrainError {
     Subset(#[from] SubsetError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A collective of the data-parallel gang failed: a rank died or hung. The gang must
+    /// restart from the last checkpoint (the CLI exits with
+    /// [`parallel::EXIT_GANG_LOST`]).
+    #[error("rank {rank} of {world_size}: gang collective failed: {source}; restart the gang from the last checkpoint with a fresh rendezvous directory")]
+    Collective {
+        rank: usize,
+        world_size: usize,
+        source: overinterp_cluster::collective::CollectiveError,
+    },
 }
 
 impl TrainError {
@@ -108,6 +121,11 @@ pub struct EpochMetrics {
     pub test_accuracy: Option<f64>,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// Data-parallel runs: ranks in the gang and mean seconds per gradient all-reduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allreduce_seconds_per_step: Option<f64>,
 }
 
 /// Where and what to train.
@@ -129,6 +147,17 @@ pub struct TrainJob<'a> {
 /// Trains to `config.epochs`, resuming from `out_dir` if it holds an earlier
 /// checkpoint of the same run. Returns the metrics of the epochs run now.
 pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
+    train_loop(job, None)
+}
+
+/// The training loop of one node (`gang` = None) or of one rank of a gang.
+pub(crate) fn train_loop(
+    job: TrainJob<'_>,
+    mut gang: Option<&mut parallel::Gang>,
+) -> Result<Vec<EpochMetrics>, TrainError> {
+    let (rank, world_size) = gang.as_ref().map_or((0, 1), |g| (g.rank(), g.world_size()));
+    // Only rank 0 writes metrics and checkpoints (shared storage).
+    let writer = rank == 0;
     let TrainJob {
         model,
         model_config,
@@ -180,41 +209,83 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
         start_epoch = previous.epochs_done;
         tracing::info!(dir = %out_dir.display(), epoch = start_epoch, "resuming from checkpoint");
     }
-    std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
     let metrics_path = out_dir.join("metrics.jsonl");
-    keep_metrics_until(&metrics_path, start_epoch)?;
+    if writer {
+        std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::io(&out_dir, e))?;
+        keep_metrics_until(&metrics_path, start_epoch)?;
+    }
+    if let Some(g) = gang.as_deref_mut() {
+        parallel::sync_start(g, vs, start_epoch)?;
+    }
 
     let mut all = Vec::new();
     for epoch in start_epoch..config.epochs {
         let span = tracing::info_span!("epoch", epoch);
         let _enter = span.enter();
-        tch::manual_seed(config.seed.wrapping_add(epoch as u64) as i64);
+        tch::manual_seed(
+            config
+                .seed
+                .wrapping_add(epoch as u64)
+                .wrapping_add((rank as u64) << 32) as i64,
+        );
         let mut rng = SplitMix64::stream(config.seed, epoch as u64);
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         rng.shuffle(&mut order);
         let lr = config.schedule.lr_at(epoch);
         let started = Instant::now();
+        let allreduce_before = gang.as_ref().map(|g| g.allreduce_time());
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0usize);
         let mut progress = Progress::new(
             &format!("epoch {}/{}", epoch + 1, config.epochs),
             order.len() as u64,
         );
-        for chunk in order.chunks(config.batch_size) {
+        for global in order.chunks(config.batch_size) {
+            // This rank's contiguous slice of the global batch (all of it on one node).
+            let part = parallel::slice_of(global.len(), rank, world_size);
+            // An empty slice (a last batch shorter than the gang) steps on one row with
+            // weight 0, so this rank still has gradients to all-reduce.
+            let (chunk, weight) = if part.is_empty() {
+                (&global[..1], 0.0)
+            } else {
+                (&global[part.clone()], 1.0)
+            };
             let (mut xs, ys) = data::batch(train_set, chunk, device)?;
             if let Some(masks) = train_masks {
-                xs = xs * masks.masks(chunk)?.to_device(device);
+                xs *= masks.masks(chunk)?.to_device(device);
             }
             if config.augment {
+                parallel::skip_augment_draws(&mut rng, part.start, config.crop_padding);
                 xs = augment::crop_and_flip(&xs, config.crop_padding, &norm, &mut rng);
+                if part.is_empty() {
+                    // The dummy row drew too; the rest of the batch follows.
+                    parallel::skip_augment_draws(
+                        &mut rng,
+                        (global.len() - part.start).saturating_sub(1),
+                        config.crop_padding,
+                    );
+                } else {
+                    parallel::skip_augment_draws(
+                        &mut rng,
+                        global.len() - part.end,
+                        config.crop_padding,
+                    );
+                }
             }
-            let (loss, hits) = {
+            let (slice_loss_sum, hits) = {
                 let logits = model.forward(&xs, true)?;
-                let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
+                let per_row = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(
                     &ys,
                     None::<Tensor>,
-                    tch::Reduction::Mean,
+                    tch::Reduction::None,
                     -100,
                 )?;
+                // One node: the mean. A gang: N·Σ_slice/b, whose mean over ranks is the
+                // global batch's mean loss (see `parallel`).
+                let loss = if world_size == 1 {
+                    per_row.f_mean(Kind::Float)?
+                } else {
+                    per_row.f_sum(Kind::Float)? * (weight * world_size as f64 / global.len() as f64)
+                };
                 let hits = logits
                     .argmax(-1, false)
                     .eq_tensor(&ys)
@@ -222,19 +293,40 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
                     .int64_value(&[]);
                 sgd.zero_grad();
                 loss.backward();
-                (loss.double_value(&[]), hits)
+                (
+                    per_row.detach().sum(Kind::Double).double_value(&[]) * weight,
+                    hits,
+                )
             };
+            if let Some(g) = gang.as_deref_mut() {
+                parallel::all_reduce_gradients(g, model.var_store().expect("checked above"))?;
+            }
             sgd.step(lr);
-            loss_sum += loss * chunk.len() as f64;
-            correct += hits;
-            seen += chunk.len();
-            progress.inc(chunk.len() as u64);
+            let rows = if weight == 0.0 { 0 } else { chunk.len() };
+            loss_sum += slice_loss_sum;
+            correct += if rows == 0 { 0 } else { hits };
+            seen += rows;
+            progress.inc(rows as u64);
         }
         progress.finish();
+        let mut allreduce_seconds_per_step = None;
+        if let Some(g) = gang.as_deref_mut() {
+            let totals = parallel::sync_epoch_end(
+                g,
+                model.var_store().expect("checked above"),
+                [loss_sum, correct as f64, seen as f64],
+            )?;
+            loss_sum = totals[0];
+            correct = totals[1] as i64;
+            seen = totals[2] as usize;
+            let (s0, n0) = allreduce_before.unwrap_or_default();
+            let (s1, n1) = g.allreduce_time();
+            allreduce_seconds_per_step = Some((s1 - s0) / (n1 - n0).max(1) as f64);
+        }
         let train_seconds = started.elapsed().as_secs_f64();
         let test_accuracy = match test_set {
-            Some(test) => Some(eval::evaluate(model, test, test_masks, 256)?.top1),
-            None => None,
+            Some(test) if writer => Some(eval::evaluate(model, test, test_masks, 256)?.top1),
+            _ => None,
         };
         let metrics = EpochMetrics {
             epoch: epoch + 1,
@@ -244,8 +336,10 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
             test_accuracy,
             seconds: train_seconds,
             images_per_second: seen as f64 / train_seconds,
+            world_size: gang.as_ref().map(|g| g.world_size()),
+            allreduce_seconds_per_step,
         };
-        tracing::info!(epoch = metrics.epoch, lr, loss = metrics.train_loss, train_acc = metrics.train_accuracy,
+        tracing::info!(rank, epoch = metrics.epoch, lr, loss = metrics.train_loss, train_acc = metrics.train_accuracy,
             test_acc = ?metrics.test_accuracy, img_per_s = metrics.images_per_second.round(), "epoch done");
         let vs = model.var_store().expect("checked above");
         let cfg = CheckpointConfig {
@@ -255,13 +349,15 @@ pub fn train(job: TrainJob<'_>) -> Result<Vec<EpochMetrics>, TrainError> {
             epochs_done: epoch + 1,
             versions: Versions::current(),
         };
-        // Metrics first: a crash before the checkpoint lands leaves a line for an
-        // epoch that will rerun, which the resume drops (see `keep_metrics_until`).
-        append_line(
-            &metrics_path,
-            &serde_json::to_string(&metrics).expect("metrics serialize"),
-        )?;
-        checkpoint::save(&out_dir, vs, &sgd.state(), &cfg)?;
+        if writer {
+            // Metrics first: a crash before the checkpoint lands leaves a line for an
+            // epoch that will rerun, which the resume drops (see `keep_metrics_until`).
+            append_line(
+                &metrics_path,
+                &serde_json::to_string(&metrics).expect("metrics serialize"),
+            )?;
+            checkpoint::save(&out_dir, vs, &sgd.state(), &cfg)?;
+        }
         all.push(metrics);
     }
     Ok(all)
