@@ -2,7 +2,8 @@
 //! slurmctld/slurmd, two emulated nodes on this host, started by `scripts/slurm-up`):
 //! a SIS job submitted with `sbatch -N1`, more workers joining from a second
 //! allocation while it runs, and the merged store equal, image by image, to a
-//! single-process `overinterp sis` store of the same job.
+//! single-process `overinterp sis` store of the same job; and a preempted job (USR1 to
+//! the batch script) that drains, requeues itself and resumes from its store.
 //!
 //! Needs root (slurmd runs jobs as their submitter; apt-get installs Slurm). Without
 //! root the test fails, saying so, unless `OVERINTERP_SKIP_SLURM=1` is set. Needs
@@ -45,25 +46,43 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-#[test]
-fn sis_sbatch_with_added_workers_equals_single_process() {
-    if !is_root() {
-        if std::env::var("OVERINTERP_SKIP_SLURM").as_deref() == Ok("1") {
-            eprintln!("skipped: not root and OVERINTERP_SKIP_SLURM=1");
-            return;
-        }
-        panic!(
-            "the Slurm test needs root (it installs and starts slurmctld/slurmd); \
-             run it as root, or set OVERINTERP_SKIP_SLURM=1 to skip it"
-        );
+/// Skips (returns false) or fails without root, as the module doc says.
+fn may_run() -> bool {
+    if is_root() {
+        return true;
     }
-    let t0 = Instant::now();
-    let cluster = SlurmCluster::up(2).unwrap_or_else(|e| panic!("starting Slurm: {e}"));
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if std::env::var("OVERINTERP_SKIP_SLURM").as_deref() == Ok("1") {
+        eprintln!("skipped: not root and OVERINTERP_SKIP_SLURM=1");
+        return false;
+    }
+    panic!(
+        "the Slurm tests need root (they install and start slurmctld/slurmd); \
+         run them as root, or set OVERINTERP_SKIP_SLURM=1 to skip them"
+    );
+}
+
+/// The tests share the 2-node cluster and the machine's cores: one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job's files: a fixture model, the reference store of a single-process run,
+/// the job spec and where the cluster run's store and job directory go.
+struct Setup {
+    dir: tempfile::TempDir,
+    reference: PathBuf,
+    store: PathBuf,
+    job_dir: PathBuf,
+    job: PathBuf,
+    /// `--export=...` for sbatch: binary, 8-image shards, 3 s leases, 1 thread.
+    export: String,
+}
+
+fn setup() -> Setup {
     // Under /tmp, which every emulated node (this host) sees: the "shared storage".
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
-
     let model = d.join("model");
     run_ok(
         Command::new(BIN)
@@ -99,7 +118,6 @@ fn sis_sbatch_with_added_workers_equals_single_process() {
             .arg(&reference),
         "overinterp sis (reference store)",
     );
-
     let store = d.join("store");
     let job_dir = d.join("store.job");
     let job = d.join("job.toml");
@@ -123,24 +141,72 @@ collection = false
         ),
     )
     .expect("write job.toml");
-
     let export = format!(
         "--export=ALL,OVERINTERP_BIN={BIN},OVERINTERP_SHARD_SIZE=8,OVERINTERP_LEASE_SECS=3,OVERINTERP_WORKER_THREADS=1"
     );
+    Setup {
+        dir,
+        reference,
+        store,
+        job_dir,
+        job,
+        export,
+    }
+}
+
+impl Setup {
+    fn submit_sis(&self, cluster: &SlurmCluster, out: &Path) -> u64 {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        cluster
+            .sbatch([
+                "-N1".as_ref(),
+                self.export.as_ref(),
+                "-D".as_ref(),
+                self.dir.path().as_os_str(),
+                "-o".as_ref(),
+                out.as_os_str(),
+                root.join("slurm/sis.sbatch").as_os_str(),
+                self.job.as_os_str(),
+                self.store.as_os_str(),
+            ])
+            .unwrap_or_else(|e| panic!("sbatch sis.sbatch: {e}"))
+    }
+
+    fn assert_same_as_reference(&self) {
+        let want = StoreReader::open(&self.reference).expect("reference store");
+        let got = StoreReader::open(&self.store).expect("merged store");
+        assert_eq!(want.len(), 128);
+        assert_eq!(got.indices(), want.indices(), "every image exactly once");
+        for i in want.indices() {
+            let w = want.require(i).expect("reference record");
+            let g = got.require(i).expect("merged record");
+            assert_eq!(g.removal_step, w.removal_step, "image {i}: removal_step");
+            assert_eq!(
+                g.confidence_history, w.confidence_history,
+                "image {i}: confidence_history"
+            );
+            assert_eq!(g, w, "image {i}: whole record");
+        }
+    }
+}
+
+fn stored(store: &Path) -> usize {
+    StoreReader::open(store).map_or(0, |r| r.len())
+}
+
+#[test]
+fn sis_sbatch_with_added_workers_equals_single_process() {
+    if !may_run() {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let cluster = SlurmCluster::up(2).unwrap_or_else(|e| panic!("starting Slurm: {e}"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let s = setup();
+    let d = s.dir.path();
     let leader_out = d.join("sis.out");
-    let sis_job = cluster
-        .sbatch([
-            "-N1".as_ref(),
-            export.as_ref(),
-            "-D".as_ref(),
-            d.as_os_str(),
-            "-o".as_ref(),
-            leader_out.as_os_str(),
-            root.join("slurm/sis.sbatch").as_os_str(),
-            job.as_os_str(),
-            store.as_os_str(),
-        ])
-        .unwrap_or_else(|e| panic!("sbatch sis.sbatch: {e}"));
+    let sis_job = s.submit_sis(&cluster, &leader_out);
     let state = cluster
         .wait_running(sis_job, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("sis job {sis_job}: {e}; output:\n{}", read(&leader_out)));
@@ -151,13 +217,13 @@ collection = false
     let add_job = cluster
         .sbatch([
             "-N1".as_ref(),
-            export.as_ref(),
+            s.export.as_ref(),
             "-D".as_ref(),
             d.as_os_str(),
             "-o".as_ref(),
             workers_out.as_os_str(),
             root.join("slurm/add-workers.sbatch").as_os_str(),
-            job_dir.as_os_str(),
+            s.job_dir.as_os_str(),
         ])
         .unwrap_or_else(|e| panic!("sbatch add-workers.sbatch: {e}"));
 
@@ -190,24 +256,69 @@ collection = false
         log.contains("job done: 128 of 128 images"),
         "sis job output:\n{log}"
     );
-
-    let want = StoreReader::open(&reference).expect("reference store");
-    let got = StoreReader::open(&store).expect("merged store");
-    assert_eq!(want.len(), 128);
-    assert_eq!(got.indices(), want.indices(), "every image exactly once");
-    for i in want.indices() {
-        let w = want.require(i).expect("reference record");
-        let g = got.require(i).expect("merged record");
-        assert_eq!(g.removal_step, w.removal_step, "image {i}: removal_step");
-        assert_eq!(
-            g.confidence_history, w.confidence_history,
-            "image {i}: confidence_history"
-        );
-        assert_eq!(g, w, "image {i}: whole record");
-    }
+    s.assert_same_as_reference();
     eprintln!(
         "slurm test: {:.1} s; added workers' output:\n{}",
         t0.elapsed().as_secs_f64(),
         read(&workers_out)
+    );
+}
+
+/// Preemption as `--signal=B:USR1@120` delivers it (sent at once with `scancel
+/// --signal=USR1 --batch`, since the real one arrives up to 30 s late): the workers
+/// drain, the job requeues itself, and the rerun's leader resumes from the store.
+#[test]
+fn sis_sbatch_preempted_requeues_and_resumes() {
+    if !may_run() {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let cluster = SlurmCluster::up(2).unwrap_or_else(|e| panic!("starting Slurm: {e}"));
+    let s = setup();
+    let out = s.dir.path().join("sis.out");
+    let job = s.submit_sis(&cluster, &out);
+    let poll_until = |what: &str, secs: u64, cond: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !cond() {
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "{what} not seen in {secs} s; output:\n{}",
+                read(&out)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    poll_until("16 images stored", 60, &|| stored(&s.store) >= 16);
+    cluster
+        .scancel(job, &["--signal=USR1", "--batch"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    poll_until("the requeue", 30, &|| {
+        cluster
+            .job_field(job, "JobState")
+            .is_ok_and(|st| st == "PENDING")
+    });
+    let partial = stored(&s.store);
+    assert!(partial < 128, "the job ended before the preemption");
+    // A requeued job waits cred_expire+1 s; see tests/slurm-smoke.sh for why not now.
+    let _ = cluster
+        .command("scontrol")
+        .args(["update", &format!("JobId={job}"), "StartTime=now+2"])
+        .status();
+    let state = cluster
+        .wait(job, Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("sis job {job}: {e}; output:\n{}", read(&out)));
+    let log = read(&out);
+    assert_eq!(state, "COMPLETED", "output:\n{log}");
+    assert!(log.contains("worker done (Drained)"), "no drain:\n{log}");
+    assert!(log.contains("(restart 1)"), "no rerun:\n{log}");
+    assert!(
+        log.contains("job done: 128 of 128 images"),
+        "output:\n{log}"
+    );
+    s.assert_same_as_reference();
+    eprintln!(
+        "preemption test: {:.1} s, {partial} images stored before the requeue",
+        t0.elapsed().as_secs_f64()
     );
 }
