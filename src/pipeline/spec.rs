@@ -143,9 +143,18 @@ mod tests {
     #[test]
     fn checked_in_specs_parse() {
         for (name, text) in [
-            ("fashion-mnist-demo", include_str!("../../scripts/pipelines/fashion-mnist-demo.toml")),
-            ("cifar10-paper", include_str!("../../scripts/pipelines/cifar10-paper.toml")),
-            ("imagenet-paper", include_str!("../../scripts/pipelines/imagenet-paper.toml")),
+            (
+                "fashion-mnist-demo",
+                include_str!("../../scripts/pipelines/fashion-mnist-demo.toml"),
+            ),
+            (
+                "cifar10-paper",
+                include_str!("../../scripts/pipelines/cifar10-paper.toml"),
+            ),
+            (
+                "imagenet-paper",
+                include_str!("../../scripts/pipelines/imagenet-paper.toml"),
+            ),
         ] {
             let spec = PipelineSpec::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert!(!spec.models.is_empty(), "{name}");
@@ -154,7 +163,8 @@ mod tests {
 
     #[test]
     fn an_ensemble_must_name_models_of_the_spec() {
-        let text = include_str!("../../scripts/pipelines/cifar10-paper.toml").replace("\"vgg16\"]", "\"vgg19\"]");
+        let text = include_str!("../../scripts/pipelines/cifar10-paper.toml")
+            .replace("\"vgg16\"]", "\"vgg19\"]");
         let err = PipelineSpec::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("member vgg19"), "{err}");
     }
