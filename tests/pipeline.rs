@@ -259,7 +259,7 @@ fn a_killed_pipeline_resumes_to_the_same_report() {
     let mut child = pipeline(&spec_path).spawn().unwrap();
     let started = Instant::now();
     loop {
-        let sis_started = std::fs::read_dir(out.join("stages")).map_or(false, |d| {
+        let sis_started = std::fs::read_dir(out.join("stages")).is_ok_and(|d| {
             d.filter_map(Result::ok).any(|e| {
                 e.file_name().to_string_lossy().starts_with("sis-cnn-train")
                     && e.path().join("store").exists()

@@ -62,7 +62,7 @@ pub fn evaluate_indices(
     for chunk in indices.chunks(batch_size.max(1)) {
         let (mut xs, ys) = data::batch(source, chunk, device)?;
         if let Some(masks) = masks {
-            xs = xs * masks.masks(chunk)?.to_device(device);
+            xs *= masks.masks(chunk)?.to_device(device);
         }
         let probs = tch::no_grad(|| model.forward(&xs, false))?
             .softmax(-1, Kind::Float)
