@@ -203,6 +203,8 @@ impl StoreSink {
     }
 }
 
+/// Delegates to the store's own [`ResultSink`] implementation, adding the indices
+/// outside the job's range to the durable set.
 impl ResultSink for StoreSink {
     fn durable_indices(&self) -> Vec<u64> {
         let mut done: Vec<u64> = (0..self.start).collect();
@@ -216,18 +218,10 @@ impl ResultSink for StoreSink {
     }
 
     fn append(&mut self, index: u64, payload: &[u8]) -> Result<bool, SinkError> {
-        self.writer.append_payload(index, payload).map_err(|e| {
-            SinkError::new(
-                format!("store {}: image {index}", self.writer.dir().display()),
-                e,
-            )
-        })
+        ResultSink::append(&mut self.writer, index, payload)
     }
 
     fn sync(&mut self) -> Result<(), SinkError> {
-        self.writer
-            .flush()
-            .map(|_| ())
-            .map_err(|e| SinkError::new(format!("store {}: flush", self.writer.dir().display()), e))
+        ResultSink::sync(&mut self.writer)
     }
 }

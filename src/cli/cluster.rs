@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use overinterp_cluster::net::{self, ShutdownHandle, WorkerConfig};
 
-use crate::exec::{self, SisExecutor};
+use crate::exec::{self, runtime, shutdown_on_signals, SisExecutor};
 use crate::job::SisJob;
 
 /// Cluster tuning shared by `run` and `leader`.
@@ -109,31 +109,6 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting tokio")
-}
-
-/// Triggers `handle` on SIGTERM or SIGINT.
-fn shutdown_on_signals(handle: ShutdownHandle) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => return tracing::warn!(error = %e, "cannot listen for SIGTERM"),
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("signal received: draining");
-        handle.trigger();
-    });
-}
-
 fn read_job(path: &Path, out: Option<&PathBuf>) -> anyhow::Result<(SisJob, String)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading job spec {}", path.display()))?;
@@ -147,32 +122,9 @@ fn read_job(path: &Path, out: Option<&PathBuf>) -> anyhow::Result<(SisJob, Strin
 }
 
 pub fn run_local(args: RunArgs) -> anyhow::Result<()> {
-    let (job, spec) = read_job(&args.job, None)?;
+    let (job, _) = read_job(&args.job, None)?;
     let workers = args.local_workers.max(1);
-    // One libtorch pool per process: share the cores among the workers.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tch::set_num_threads((cores / workers).max(1) as i32);
-    let rt = runtime()?;
-    let report = rt.block_on(async {
-        let (config, sink) = exec::leader_setup(
-            &job,
-            spec,
-            "127.0.0.1:0".parse().expect("valid"),
-            &args.tuning.to_tuning(),
-        )?;
-        let shutdown = ShutdownHandle::new();
-        shutdown_on_signals(shutdown.clone());
-        let device = Some(job.device.clone());
-        net::run_local(
-            config,
-            sink,
-            workers,
-            |_| SisExecutor::new(device.clone()),
-            shutdown,
-        )
-        .await
-        .map_err(anyhow::Error::from)
-    })?;
+    let report = exec::run_job_local(&job, workers, &args.tuning.to_tuning())?;
     let s = &report.job.status;
     println!(
         "job done: {} of {} images in the store ({} resumed), {:.2} images/s, {} worker(s); store: {}",

@@ -157,8 +157,8 @@ const ABOUT_SAME: f64 = 0.03;
 /// The plain-language findings: one paragraph, every clause conditional on
 /// the numbers, every number formatted with [`pct`].
 pub fn findings(a: &Analyses) -> String {
-    let q = pct(a.fraction);
-    let q = q.trim_end_matches('0').trim_end_matches('.');
+    let q = super::report_pct(a.fraction);
+    let q = q.as_str();
     let mut out: Vec<String> = Vec::new();
     for model in models(a) {
         let mut s = String::new();
@@ -299,8 +299,7 @@ pub fn findings(a: &Analyses) -> String {
 
 fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) -> Vec<Block> {
     let mut b = Vec::new();
-    let q = pct(a.fraction);
-    let q = q.trim_end_matches('0').trim_end_matches('.').to_string();
+    let q = super::report_pct(a.fraction);
     b.push(Block::Heading(
         1,
         format!("Overinterpretation report: {}", a.name),
