@@ -523,7 +523,6 @@ fn settings(spec: &PipelineSpec) -> Vec<(String, String)> {
         ),
     };
     vec![
-        ("Dataset".into(), spec.data.clone()),
         (
             "Models".into(),
             spec.models
@@ -533,10 +532,6 @@ fn settings(spec: &PipelineSpec) -> Vec<(String, String)> {
                 .join(", "),
         ),
         ("SIS method".into(), method),
-        (
-            "Subset fraction".into(),
-            format!("{}%", super::report_pct(spec.fraction)),
-        ),
         (
             "SIS threshold (galleries, Figure 4)".into(),
             spec.threshold.to_string(),
