@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{memory::InMemory, DataError, ImageSource, Normalization, Split};
+use super::{memory::InMemory, DataError, Normalization, Split};
 
 /// Bytes of the label that opens each record.
 pub const LABEL_BYTES: usize = 1;
@@ -130,29 +130,4 @@ fn read_file(path: &PathBuf, pixels: &mut Vec<u8>, labels: &mut Vec<i64>) -> Res
     Ok(())
 }
 
-impl ImageSource for Cifar10 {
-    fn name(&self) -> String {
-        self.data.name()
-    }
-    fn len(&self) -> usize {
-        self.data.len()
-    }
-    fn shape(&self) -> [usize; 3] {
-        self.data.shape()
-    }
-    fn num_classes(&self) -> usize {
-        self.data.num_classes()
-    }
-    fn normalization(&self) -> Normalization {
-        self.data.normalization()
-    }
-    fn label(&self, index: usize) -> Result<i64, DataError> {
-        self.data.label(index)
-    }
-    fn read_pixels(&self, indices: &[usize], out: &mut [u8]) -> Result<(), DataError> {
-        self.data.read_pixels(indices, out)
-    }
-    fn content_hash(&self) -> String {
-        self.data.content_hash()
-    }
-}
+crate::data::memory::delegate_image_source!(Cifar10, data);

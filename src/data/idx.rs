@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use super::{memory::InMemory, DataError, ImageSource, Normalization, Split};
+use super::{memory::InMemory, DataError, Normalization, Split};
 
 /// Magic number of an IDX file holding an unsigned-byte array of rank 3 (images).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -256,29 +256,4 @@ fn check_length(
     Ok(())
 }
 
-impl ImageSource for Idx {
-    fn name(&self) -> String {
-        self.data.name()
-    }
-    fn len(&self) -> usize {
-        self.data.len()
-    }
-    fn shape(&self) -> [usize; 3] {
-        self.data.shape()
-    }
-    fn num_classes(&self) -> usize {
-        self.data.num_classes()
-    }
-    fn normalization(&self) -> Normalization {
-        self.data.normalization()
-    }
-    fn label(&self, index: usize) -> Result<i64, DataError> {
-        self.data.label(index)
-    }
-    fn read_pixels(&self, indices: &[usize], out: &mut [u8]) -> Result<(), DataError> {
-        self.data.read_pixels(indices, out)
-    }
-    fn content_hash(&self) -> String {
-        self.data.content_hash()
-    }
-}
+crate::data::memory::delegate_image_source!(Idx, data);

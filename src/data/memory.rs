@@ -192,3 +192,41 @@ pub fn subset(source: &dyn ImageSource, indices: &[usize]) -> Result<InMemory, D
         labels,
     )
 }
+
+/// Implements [`ImageSource`] for a reader that holds its split as an [`InMemory`]
+/// in field `$field`, by forwarding every method to it.
+macro_rules! delegate_image_source {
+    ($ty:ty, $field:ident) => {
+        impl $crate::data::ImageSource for $ty {
+            fn name(&self) -> String {
+                self.$field.name()
+            }
+            fn len(&self) -> usize {
+                self.$field.len()
+            }
+            fn shape(&self) -> [usize; 3] {
+                self.$field.shape()
+            }
+            fn num_classes(&self) -> usize {
+                self.$field.num_classes()
+            }
+            fn normalization(&self) -> $crate::data::Normalization {
+                self.$field.normalization()
+            }
+            fn label(&self, index: usize) -> Result<i64, $crate::data::DataError> {
+                self.$field.label(index)
+            }
+            fn read_pixels(
+                &self,
+                indices: &[usize],
+                out: &mut [u8],
+            ) -> Result<(), $crate::data::DataError> {
+                self.$field.read_pixels(indices, out)
+            }
+            fn content_hash(&self) -> String {
+                self.$field.content_hash()
+            }
+        }
+    };
+}
+pub(crate) use delegate_image_source;
