@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use overinterp::store::StoreReader;
 
-const BIN: &str = env!("CARGO_BIN_EXE_overinterp");
-const DATA: &str = "fashion-mnist?limit=128";
+mod common;
+
+use common::cli::{model_and_reference, sis_command, BIN, DATA};
 const IMAGES: usize = 128;
 /// Bound on any one job finishing once its disturbance is over.
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
@@ -38,65 +39,11 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn run_ok(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The single-process `overinterp sis` arguments of the job (the same parameters
-/// as [`write_job`]'s TOML).
-fn sis_command(model: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["sis", "--model"])
-        .arg(model)
-        .args(["--data", DATA, "--split", "test", "--method", "gradient"])
-        .args(["--k", "16", "--threshold", "0.3", "--batch", "8"])
-        .args([
-            "--candidate-batch",
-            "256",
-            "--no-collection",
-            "--threads",
-            "1",
-        ])
-        .arg("--out")
-        .arg(out);
-    cmd
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let model = dir.path().join("model");
-        run_ok(
-            Command::new(BIN)
-                .args(["train", "--arch", "small-cnn", "--data"])
-                .arg("fashion-mnist?limit=300")
-                .args([
-                    "--epochs",
-                    "1",
-                    "--no-augment",
-                    "--no-eval",
-                    "--threads",
-                    "1",
-                ])
-                .arg("--out")
-                .arg(&model),
-            "overinterp train (fixture model)",
-        );
-        let reference = dir.path().join("reference");
-        run_ok(
-            &mut sis_command(&model, &reference),
-            "overinterp sis (reference store)",
-        );
+        let (model, reference) = model_and_reference(dir.path());
         Fixture {
             _dir: dir,
             model,

@@ -18,21 +18,7 @@ use std::time::{Duration, Instant};
 use common::slurm::SlurmCluster;
 use overinterp::store::StoreReader;
 
-const BIN: &str = env!("CARGO_BIN_EXE_overinterp");
-const DATA: &str = "fashion-mnist?limit=128";
-
-fn run_ok(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::cli::{model_and_reference, BIN, DATA};
 
 fn is_root() -> bool {
     Command::new("id")
@@ -83,41 +69,7 @@ fn setup() -> Setup {
     // Under /tmp, which every emulated node (this host) sees: the "shared storage".
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
-    let model = d.join("model");
-    run_ok(
-        Command::new(BIN)
-            .args(["train", "--arch", "small-cnn", "--data"])
-            .arg("fashion-mnist?limit=300")
-            .args([
-                "--epochs",
-                "1",
-                "--no-augment",
-                "--no-eval",
-                "--threads",
-                "1",
-            ])
-            .arg("--out")
-            .arg(&model),
-        "overinterp train (fixture model)",
-    );
-    let reference = d.join("reference");
-    run_ok(
-        Command::new(BIN)
-            .args(["sis", "--model"])
-            .arg(&model)
-            .args(["--data", DATA, "--split", "test", "--method", "gradient"])
-            .args(["--k", "16", "--threshold", "0.3", "--batch", "8"])
-            .args([
-                "--candidate-batch",
-                "256",
-                "--no-collection",
-                "--threads",
-                "1",
-            ])
-            .arg("--out")
-            .arg(&reference),
-        "overinterp sis (reference store)",
-    );
+    let (model, reference) = model_and_reference(d);
     let store = d.join("store");
     let job_dir = d.join("store.job");
     let job = d.join("job.toml");

@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: small real models and datasets.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod slurm;
 
 use overinterp::data::{DataError, ImageSource, Normalization};
