@@ -2,11 +2,13 @@
 //!
 //! - [`spec`]: the pipeline spec (TOML).
 //! - [`stages`]: stage caching by content hash, and the stage bodies.
-//! - [`run`]: the experiment end to end ([`run::run_pipeline`]).
+//! - [`run`]: the order of the stages ([`run::run_pipeline`]).
 //! - [`analyses`]: Table 1, confidence drop, SIS sizes, heatmaps, transfer — as data.
+//! - [`analysis`]: the maths behind them, in one streaming pass over each store.
 //! - [`report`] and [`figures`]: `report.md`, `report.html` and the PNG figures.
 
 pub mod analyses;
+pub mod analysis;
 pub mod figures;
 pub mod report;
 pub mod run;

@@ -1,40 +1,57 @@
 //! `overinterp pipeline`: the paper's experiment end to end (train → backselect
 //! every train and test image → subsets → evaluate → retrain on subsets →
 //! evaluate → analyses → report), every stage cached (see [`super::stages`]).
+//!
+//! This file only orders the stages; each stage body is a function of
+//! [`super::stages`] callable on its own, and the maths lives in
+//! [`super::analysis`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
-use super::analyses::*;
+use super::analyses::{Analyses, ConfidenceDrop, Table1Row, TransferMatrix};
+use super::analysis::{self, table1::columns};
 use super::spec::{ModelSpec, PipelineSpec};
-use super::stages::{self, EvalSummary, Stages, SubsetKind};
+use super::stages::{self, Stages, SubsetKind};
 use crate::data::{ImageSource, Split};
 use crate::job::SisJob;
 use crate::models;
-use crate::sis::ImageSis;
 use crate::store::StoreReader;
 
-/// Evaluations of one model on the test views (Table 1 columns).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ViewsEval {
-    pub full: EvalSummary,
-    pub backselect: EvalSummary,
-    pub random: EvalSummary,
-    pub corrupted: Option<EvalSummary>,
-}
+pub use super::analysis::table1::ViewsEval;
 
 /// A model of the spec once its stages ran.
-struct Built {
-    spec: ModelSpec,
+pub struct Built {
+    pub spec: ModelSpec,
     /// `--model` string: checkpoint dir, TorchScript path or `ensemble:...`.
-    model: String,
-    test_store: PathBuf,
-    original: ViewsEval,
+    pub model: String,
+    pub test_store: PathBuf,
+    pub original: ViewsEval,
     /// Evaluations of retrained replicates, by subset kind.
-    retrained: BTreeMap<String, Vec<ViewsEval>>,
+    pub retrained: BTreeMap<String, Vec<ViewsEval>>,
+}
+
+/// The datasets every stage reads, opened once.
+pub struct Data {
+    pub train: Box<dyn ImageSource>,
+    pub test: Box<dyn ImageSource>,
+    pub corrupted: Option<Box<dyn ImageSource>>,
+}
+
+impl Data {
+    pub fn open(spec: &PipelineSpec) -> anyhow::Result<Self> {
+        Ok(Self {
+            train: stages::open_split(&spec.data, Split::Train)?,
+            test: stages::open_split(&spec.data, Split::Test)?,
+            corrupted: spec
+                .corrupted
+                .as_deref()
+                .map(|c| stages::open_split(c, Split::Test))
+                .transpose()?,
+        })
+    }
 }
 
 /// Runs the pipeline and writes the report; returns the report directory.
@@ -43,16 +60,7 @@ pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<Path
         root: spec.out.clone(),
     };
     let device = crate::util::parse_device(&spec.device).map_err(anyhow::Error::msg)?;
-    let train_set = stages::open_split(&spec.data, Split::Train)?;
-    let test_set = stages::open_split(&spec.data, Split::Test)?;
-    let corrupted = spec
-        .corrupted
-        .as_deref()
-        .map(|c| stages::open_split(c, Split::Test))
-        .transpose()?;
-    let [_, h, w] = test_set.shape();
-    let q = spec.fraction;
-
+    let data = Data::open(spec)?;
     let mut model_strings: BTreeMap<String, String> = BTreeMap::new();
     let mut built = Vec::new();
     // Plain models first, so ensembles can name them.
@@ -63,160 +71,243 @@ pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<Path
         .collect();
     order.extend(spec.models.iter().filter(|m| !m.members.is_empty()));
     for m in order {
-        let model = if let Some(arch) = &m.arch {
-            let mut cfg = spec.train.clone();
-            cfg.seed = m.seed;
-            let key = (
-                "train",
+        let model = original_model(&stages, spec, m, &data, &model_strings, device)?;
+        model_strings.insert(m.name.clone(), model.clone());
+        built.push(build_model(&stages, spec, m, model, &data, device)?);
+    }
+    let report_dir = spec.out.join("report");
+    std::fs::create_dir_all(&report_dir)?;
+    let transfer = transfer_matrix(&stages, &built, data.test.as_ref(), spec.fraction, device)?;
+    let analyses = analyze(spec, spec_text, &built, &data, transfer, &report_dir)?;
+    super::report::write_report(&analyses, &report_dir)?;
+    Ok(report_dir)
+}
+
+/// The `--model` string of a model of the spec: trains it on full images (stage
+/// `train-NAME`) if it names an architecture.
+pub fn original_model(
+    stages: &Stages,
+    spec: &PipelineSpec,
+    m: &ModelSpec,
+    data: &Data,
+    model_strings: &BTreeMap<String, String>,
+    device: tch::Device,
+) -> anyhow::Result<String> {
+    Ok(if let Some(arch) = &m.arch {
+        let mut cfg = spec.train.clone();
+        cfg.seed = m.seed;
+        let key = (
+            "train",
+            arch,
+            m.input_dropout,
+            &spec.data,
+            data.train.content_hash(),
+            &cfg,
+        );
+        let (dir, ()) = stages.run(&format!("train-{}", m.name), &key, |dir| {
+            stages::train_model(
+                dir,
+                arch,
+                m.input_dropout,
+                data.train.as_ref(),
+                None,
+                &cfg,
+                device,
+            )
+        })?;
+        dir.to_string_lossy().into_owned()
+    } else if let Some(path) = &m.torchscript {
+        path.to_string_lossy().into_owned()
+    } else {
+        format!(
+            "ensemble:{}",
+            m.members
+                .iter()
+                .map(|n| model_strings[n].clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    })
+}
+
+/// Stage `sis-NAME-SPLIT`: BackSelect of every image of `split` through the
+/// embedded cluster; returns the store.
+pub fn sis_store(
+    stages: &Stages,
+    spec: &PipelineSpec,
+    name: &str,
+    model: &str,
+    split: Split,
+) -> anyhow::Result<PathBuf> {
+    let mut params = spec.sis.clone();
+    params.thresholds = vec![spec.threshold];
+    let job = SisJob {
+        model: model.to_string(),
+        data: spec.data.clone(),
+        split,
+        out: PathBuf::new(),
+        device: spec.device.clone(),
+        start: None,
+        end: None,
+        sis: params,
+    };
+    let key = ("sis", &job, crate::job::model_fingerprint(model)?);
+    let (dir, ()) = stages.run(&format!("sis-{name}-{split}"), &key, |dir| {
+        let job = SisJob {
+            out: dir.join("store"),
+            ..job.clone()
+        };
+        stages::sis_split(&job, spec.local_workers)
+    })?;
+    Ok(dir.join("store"))
+}
+
+/// Stage `STAGE`: `model_dir` evaluated on the test views (full, BS and random
+/// subsets of `test_store`, corrupted).
+pub fn views_stage(
+    stages: &Stages,
+    spec: &PipelineSpec,
+    data: &Data,
+    test_store: &Path,
+    model_dir: &str,
+    stage: &str,
+    device: tch::Device,
+) -> anyhow::Result<ViewsEval> {
+    let q = spec.fraction;
+    let key = (
+        "eval",
+        model_dir,
+        crate::job::model_fingerprint(model_dir)?,
+        test_store,
+        q,
+        spec.random_seed,
+        &spec.corrupted,
+    );
+    let (_, v) = stages.run(stage, &key, |_| {
+        let classifier = load(model_dir, device, data.test.as_ref())?;
+        evaluate_views(classifier.as_ref(), data, test_store, q, spec.random_seed)
+    })?;
+    Ok(v)
+}
+
+/// The architecture retrained on this model's subsets, if any: `retrain_arch`
+/// (e.g. a native Inception v3 for a TorchScript one), else the model's own `arch`.
+pub fn retrain_arch(m: &ModelSpec) -> Option<&str> {
+    if !m.retrain {
+        return None;
+    }
+    m.retrain_arch.as_deref().or(m.arch.as_deref())
+}
+
+/// SIS stores, evaluation and retraining of one model of the spec.
+fn build_model(
+    stages: &Stages,
+    spec: &PipelineSpec,
+    m: &ModelSpec,
+    model: String,
+    data: &Data,
+    device: tch::Device,
+) -> anyhow::Result<Built> {
+    let retrain = retrain_arch(m);
+    let test_store = sis_store(stages, spec, &m.name, &model, Split::Test)?;
+    let train_store = match retrain {
+        Some(_) => Some(sis_store(stages, spec, &m.name, &model, Split::Train)?),
+        None => None,
+    };
+    let original = views_stage(
+        stages,
+        spec,
+        data,
+        &test_store,
+        &model,
+        &format!("eval-{}", m.name),
+        device,
+    )?;
+    let mut retrained = BTreeMap::new();
+    if let (Some(arch), Some(train_store)) = (retrain, &train_store) {
+        for kind in [SubsetKind::Backselect, SubsetKind::Random] {
+            let mut evals = Vec::new();
+            for r in 0..spec.replicates {
+                let dir = retrain_stage(stages, spec, m, arch, kind, r, train_store, data, device)?;
+                let name = format!("retrain-{}-{kind:?}-{r}", m.name).to_lowercase();
+                evals.push(views_stage(
+                    stages,
+                    spec,
+                    data,
+                    &test_store,
+                    &dir.to_string_lossy(),
+                    &format!("{name}-eval"),
+                    device,
+                )?);
+            }
+            retrained.insert(kind.label(spec.fraction), evals);
+        }
+    }
+    Ok(Built {
+        spec: m.clone(),
+        model,
+        test_store,
+        original,
+        retrained,
+    })
+}
+
+/// Stage `retrain-NAME-KIND-R`: a fresh `arch` trained with seed `r` on the `kind`
+/// subsets of the training images; returns its checkpoint directory.
+#[allow(clippy::too_many_arguments)]
+pub fn retrain_stage(
+    stages: &Stages,
+    spec: &PipelineSpec,
+    m: &ModelSpec,
+    arch: &str,
+    kind: SubsetKind,
+    r: usize,
+    train_store: &Path,
+    data: &Data,
+    device: tch::Device,
+) -> anyhow::Result<PathBuf> {
+    let q = spec.fraction;
+    let mut cfg = spec.retrain.clone();
+    cfg.seed = r as u64;
+    let key = (
+        "retrain",
+        arch,
+        m.input_dropout,
+        kind,
+        train_store,
+        q,
+        spec.random_seed,
+        &cfg,
+        &spec.data,
+    );
+    let name = format!("retrain-{}-{kind:?}-{r}", m.name).to_lowercase();
+    let [_, h, w] = data.train.shape();
+    let (dir, ()) = stages.run(&name, &key, |dir| {
+        if spec.retrain_ranks > 1 {
+            let masks = stages::masks_flag(kind, q, spec.random_seed, train_store);
+            return stages::train_model_data_parallel(
+                dir,
                 arch,
                 m.input_dropout,
                 &spec.data,
-                train_set.content_hash(),
+                &masks,
                 &cfg,
+                &spec.device,
+                spec.retrain_ranks,
             );
-            let (dir, ()) = stages.run(&format!("train-{}", m.name), &key, |dir| {
-                stages::train_model(
-                    dir,
-                    arch,
-                    m.input_dropout,
-                    train_set.as_ref(),
-                    None,
-                    &cfg,
-                    device,
-                )
-            })?;
-            dir.to_string_lossy().into_owned()
-        } else if let Some(path) = &m.torchscript {
-            path.to_string_lossy().into_owned()
-        } else {
-            format!(
-                "ensemble:{}",
-                m.members
-                    .iter()
-                    .map(|n| model_strings[n].clone())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        };
-        model_strings.insert(m.name.clone(), model.clone());
-
-        let retrain = m.retrain && m.arch.is_some();
-        let sis_store = |split: Split| -> anyhow::Result<PathBuf> {
-            let mut params = spec.sis.clone();
-            params.thresholds = vec![spec.threshold];
-            let job = SisJob {
-                model: model.clone(),
-                data: spec.data.clone(),
-                split,
-                out: PathBuf::new(),
-                device: spec.device.clone(),
-                start: None,
-                end: None,
-                sis: params,
-            };
-            let key = ("sis", &job, crate::job::model_fingerprint(&model)?);
-            let (dir, ()) = stages.run(&format!("sis-{}-{split}", m.name), &key, |dir| {
-                let job = SisJob {
-                    out: dir.join("store"),
-                    ..job.clone()
-                };
-                stages::sis_split(&job, spec.local_workers)
-            })?;
-            Ok(dir.join("store"))
-        };
-        let test_store = sis_store(Split::Test)?;
-        let train_store = if retrain {
-            Some(sis_store(Split::Train)?)
-        } else {
-            None
-        };
-
-        let views = |model_dir: &str, stage: &str| -> anyhow::Result<ViewsEval> {
-            let key = (
-                "eval",
-                model_dir,
-                crate::job::model_fingerprint(model_dir)?,
-                &test_store,
-                q,
-                spec.random_seed,
-                &spec.corrupted,
-            );
-            let (_, v) = stages.run(stage, &key, |_| {
-                let classifier = load(model_dir, device, test_set.as_ref())?;
-                evaluate_views(
-                    classifier.as_ref(),
-                    test_set.as_ref(),
-                    corrupted.as_deref(),
-                    &test_store,
-                    q,
-                    spec.random_seed,
-                    (h, w),
-                )
-            })?;
-            Ok(v)
-        };
-        let original = views(&model, &format!("eval-{}", m.name))?;
-
-        let mut retrained = BTreeMap::new();
-        if let (true, Some(arch), Some(train_store)) = (retrain, &m.arch, &train_store) {
-            for kind in [SubsetKind::Backselect, SubsetKind::Random] {
-                let mut evals = Vec::new();
-                for r in 0..spec.replicates {
-                    let mut cfg = spec.retrain.clone();
-                    cfg.seed = r as u64;
-                    let key = (
-                        "retrain",
-                        arch,
-                        m.input_dropout,
-                        kind,
-                        train_store,
-                        q,
-                        spec.random_seed,
-                        &cfg,
-                        &spec.data,
-                    );
-                    let name = format!("retrain-{}-{kind:?}-{r}", m.name).to_lowercase();
-                    let (dir, ()) = stages.run(&name, &key, |dir| {
-                        let masks =
-                            stages::subset_masks(kind, q, spec.random_seed, train_store, (h, w))?;
-                        stages::train_model(
-                            dir,
-                            arch,
-                            m.input_dropout,
-                            train_set.as_ref(),
-                            Some(masks.as_ref()),
-                            &cfg,
-                            device,
-                        )
-                    })?;
-                    evals.push(views(&dir.to_string_lossy(), &format!("{name}-eval"))?);
-                }
-                retrained.insert(kind.label(q), evals);
-            }
         }
-        built.push(Built {
-            spec: m.clone(),
-            model,
-            test_store,
-            original,
-            retrained,
-        });
-    }
-
-    let report_dir = spec.out.join("report");
-    std::fs::create_dir_all(&report_dir)?;
-    let transfer = transfer_matrix(&stages, &built, test_set.as_ref(), q, device)?;
-    let analyses = analyze(
-        spec,
-        spec_text,
-        &built,
-        train_set.as_ref(),
-        test_set.as_ref(),
-        transfer,
-        &report_dir,
-    )?;
-    super::report::write_report(&analyses, &report_dir)?;
-    Ok(report_dir)
+        let masks = stages::subset_masks(kind, q, spec.random_seed, train_store, (h, w))?;
+        stages::train_model(
+            dir,
+            arch,
+            m.input_dropout,
+            data.train.as_ref(),
+            Some(masks.as_ref()),
+            &cfg,
+            device,
+        )
+    })?;
+    Ok(dir)
 }
 
 fn load(
@@ -235,27 +326,29 @@ fn load(
 /// corrupted test set when given.
 fn evaluate_views(
     model: &dyn models::Classifier,
-    test: &dyn ImageSource,
-    corrupted: Option<&dyn ImageSource>,
+    data: &Data,
     test_store: &Path,
     q: f64,
     random_seed: u64,
-    hw: (usize, usize),
 ) -> anyhow::Result<ViewsEval> {
-    let bs = stages::subset_masks(SubsetKind::Backselect, q, random_seed, test_store, hw)?;
-    let random = stages::subset_masks(SubsetKind::Random, q, random_seed, test_store, hw)?;
+    let test = data.test.as_ref();
+    let [_, h, w] = test.shape();
+    let bs = stages::subset_masks(SubsetKind::Backselect, q, random_seed, test_store, (h, w))?;
+    let random = stages::subset_masks(SubsetKind::Random, q, random_seed, test_store, (h, w))?;
     Ok(ViewsEval {
         full: stages::evaluate(model, test, None)?.0,
         backselect: stages::evaluate(model, test, Some(bs.as_ref()))?.0,
         random: stages::evaluate(model, test, Some(random.as_ref()))?.0,
-        corrupted: corrupted
+        corrupted: data
+            .corrupted
+            .as_deref()
             .map(|c| stages::evaluate(model, c, None).map(|r| r.0))
             .transpose()?,
     })
 }
 
 /// Section 4.1: every model evaluated on every other model's backselect test subsets.
-fn transfer_matrix(
+pub fn transfer_matrix(
     stages: &Stages,
     built: &[Built],
     test: &dyn ImageSource,
@@ -300,66 +393,13 @@ fn transfer_matrix(
     }))
 }
 
-fn stat(values: &[f64]) -> Stat {
-    let n = values.len();
-    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
-    let var = if n > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-    } else {
-        0.0
-    };
-    Stat {
-        mean,
-        std: var.sqrt(),
-        n,
-    }
-}
-
-fn mean_ci(values: &[f64]) -> Option<MeanCi> {
-    if values.is_empty() {
-        return None;
-    }
-    let s = stat(values);
-    let half = 1.96 * s.std / (s.n as f64).sqrt();
-    Some(MeanCi {
-        mean: s.mean,
-        lo: s.mean - half,
-        hi: s.mean + half,
-        n: s.n,
-    })
-}
-
-fn columns(evals: &[&ViewsEval], q: f64) -> Vec<(String, Stat)> {
-    let pick = |f: &dyn Fn(&ViewsEval) -> Option<f64>| {
-        stat(&evals.iter().filter_map(|e| f(e)).collect::<Vec<_>>())
-    };
-    let mut cols = vec![
-        ("Full test".to_string(), pick(&|e| Some(e.full.top1))),
-        (
-            format!("{} test", SubsetKind::Backselect.label(q)),
-            pick(&|e| Some(e.backselect.top1)),
-        ),
-        (
-            format!("{} test", SubsetKind::Random.label(q)),
-            pick(&|e| Some(e.random.top1)),
-        ),
-    ];
-    if evals.iter().all(|e| e.corrupted.is_some()) && !evals.is_empty() {
-        cols.push((
-            "Corrupted test".to_string(),
-            pick(&|e| e.corrupted.as_ref().map(|c| c.top1)),
-        ));
-    }
-    cols
-}
-
-#[allow(clippy::too_many_arguments)]
-fn analyze(
+/// Every analysis of the report: Table 1 and the confidence drop from the
+/// evaluation stages, the rest from one streaming pass over each test store.
+pub fn analyze(
     spec: &PipelineSpec,
     spec_text: &str,
     built: &[Built],
-    train: &dyn ImageSource,
-    test: &dyn ImageSource,
+    data: &Data,
     transfer: Option<TransferMatrix>,
     report_dir: &Path,
 ) -> anyhow::Result<Analyses> {
@@ -367,10 +407,10 @@ fn analyze(
     let mut a = Analyses {
         name: spec.name.clone(),
         dataset: spec.data.clone(),
-        train_images: train.len(),
-        test_images: test.len(),
+        train_images: data.train.len(),
+        test_images: data.test.len(),
         fraction: q,
-        settings: settings(spec),
+        settings: analysis::settings::settings(spec),
         table1: Vec::new(),
         confidence: Vec::new(),
         sis_size: Vec::new(),
@@ -401,172 +441,13 @@ fn analyze(
             random: b.original.random.mean_confidence,
         });
         let store = StoreReader::open(&b.test_store)?;
-        let records: Vec<ImageSis> = store
-            .iter()
-            .collect::<Result<_, _>>()
+        let s = analysis::analyze_store(name, &store, &spec.sweep, spec.threshold, q)
             .with_context(|| format!("reading {}", b.test_store.display()))?;
-        let p = (records.first().map_or(1, |r| r.height * r.width)) as f64;
-        let sizes = |tau: f32| -> Vec<(bool, f64)> {
-            records
-                .iter()
-                .filter_map(|r| {
-                    r.find_sis(tau)
-                        .map(|s| (r.predicted == r.label, s.len() as f64 / p))
-                })
-                .collect()
-        };
-        let curve: Vec<Vec<(bool, f64)>> = spec.sweep.iter().map(|&t| sizes(t)).collect();
-        a.sis_size.push(SisSizeCurve {
-            model: name.clone(),
-            thresholds: spec.sweep.clone(),
-            mean_fraction: curve
-                .iter()
-                .map(|c| c.iter().map(|x| x.1).sum::<f64>() / c.len().max(1) as f64)
-                .collect(),
-            images_with_sis: curve.iter().map(Vec::len).collect(),
-        });
-        let at_tau = sizes(spec.threshold);
-        let part = |correct: bool| {
-            at_tau
-                .iter()
-                .filter(|x| x.0 == correct)
-                .map(|x| x.1)
-                .collect::<Vec<_>>()
-        };
-        a.correct_vs_wrong.push(CorrectVsWrong {
-            model: name.clone(),
-            threshold: spec.threshold,
-            correct: mean_ci(&part(true)),
-            wrong: mean_ci(&part(false)),
-        });
-        a.heatmaps.extend(heatmaps(name, &records, q));
+        a.sis_size.push(s.sis_size);
+        a.correct_vs_wrong.push(s.correct_vs_wrong);
+        a.heatmaps.extend(s.heatmaps);
         a.galleries
-            .push(gallery(name, &records, test, spec.threshold, report_dir)?);
+            .push(s.gallery.write(name, data.test.as_ref(), report_dir)?);
     }
     Ok(a)
-}
-
-/// Frequency of each pixel in the backselect top-q subsets, overall and per predicted class.
-fn heatmaps(model: &str, records: &[ImageSis], q: f64) -> Vec<Heatmap> {
-    let Some(first) = records.first() else {
-        return Vec::new();
-    };
-    let (h, w) = (first.height as usize, first.width as usize);
-    let mut by_class: BTreeMap<Option<i64>, (Vec<f32>, usize)> = BTreeMap::new();
-    for r in records {
-        let kept = crate::store::top_fraction(&r.removal_step, q);
-        for class in [None, Some(r.predicted)] {
-            let entry = by_class
-                .entry(class)
-                .or_insert_with(|| (vec![0.0; h * w], 0));
-            for &p in &kept {
-                entry.0[p as usize] += 1.0;
-            }
-            entry.1 += 1;
-        }
-    }
-    by_class
-        .into_iter()
-        .map(|(class, (counts, n))| Heatmap {
-            model: model.to_string(),
-            class,
-            height: h,
-            width: w,
-            values: counts.iter().map(|c| c / n as f32).collect(),
-            images: n,
-        })
-        .collect()
-}
-
-/// One row per predicted class: the first test image of that class with a SIS at τ.
-fn gallery(
-    model: &str,
-    records: &[ImageSis],
-    test: &dyn ImageSource,
-    tau: f32,
-    dir: &Path,
-) -> anyhow::Result<Gallery> {
-    let mut rows: BTreeMap<i64, (usize, i64, Vec<u32>)> = BTreeMap::new();
-    for r in records {
-        if rows.contains_key(&r.predicted) {
-            continue;
-        }
-        if let Some(sis) = r.find_sis(tau) {
-            rows.insert(r.predicted, (r.index as usize, r.label, sis));
-        }
-    }
-    let indices: Vec<usize> = rows.values().map(|r| r.0).collect();
-    let kept_by_index: BTreeMap<usize, Vec<u32>> =
-        rows.values().map(|r| (r.0, r.2.clone())).collect();
-    let file = format!(
-        "gallery-{}.png",
-        model.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
-    );
-    let kept = |i: usize| Ok(kept_by_index.get(&i).cloned().unwrap_or_default());
-    if !indices.is_empty() {
-        crate::subsets::export::export_png_gallery(test, &kept, &indices, 4, &dir.join(&file))?;
-    }
-    Ok(Gallery {
-        model: model.to_string(),
-        threshold: tau,
-        png: file,
-        rows: rows.iter().map(|(pred, r)| (r.0, r.1, *pred)).collect(),
-    })
-}
-
-fn settings(spec: &PipelineSpec) -> Vec<(String, String)> {
-    let method = match spec.sis.method {
-        crate::sis::Method::Exact => "exact BackSelect".to_string(),
-        crate::sis::Method::Gradient { k } => format!(
-            "Batched Gradient BackSelect, k = {k}, mini-batch {}",
-            spec.sis.batch_size
-        ),
-    };
-    vec![
-        (
-            "Models".into(),
-            spec.models
-                .iter()
-                .map(|m| m.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        ("SIS method".into(), method),
-        (
-            "SIS threshold (galleries, Figure 4)".into(),
-            spec.threshold.to_string(),
-        ),
-        (
-            "Training of original models".into(),
-            describe_train(&spec.train),
-        ),
-        (
-            "Retraining on subsets".into(),
-            format!(
-                "{}; {} replicate(s) per subset kind",
-                describe_train(&spec.retrain),
-                spec.replicates
-            ),
-        ),
-        ("Random subset seed".into(), spec.random_seed.to_string()),
-        (
-            "Embedded cluster".into(),
-            format!("leader + {} local worker(s)", spec.local_workers),
-        ),
-    ]
-}
-
-fn describe_train(t: &crate::train::TrainConfig) -> String {
-    format!(
-        "{} epoch(s), batch {}, SGD lr {} (×{} at epochs {:?}), momentum {}{}, weight decay {}, augmentation {}",
-        t.epochs,
-        t.batch_size,
-        t.schedule.lr,
-        t.schedule.gamma,
-        t.schedule.milestones,
-        t.momentum,
-        if t.nesterov { " (Nesterov)" } else { "" },
-        t.weight_decay,
-        if t.augment { "on" } else { "off" }
-    )
 }

@@ -33,6 +33,11 @@ pub struct ModelSpec {
     /// Whether to retrain on this model's subsets (default: true for trained models).
     #[serde(default = "yes")]
     pub retrain: bool,
+    /// The architecture retrained on this model's subsets when it is not `arch`: a
+    /// TorchScript model computes the SIS, a fresh native network of this
+    /// architecture (e.g. `inception-v3`) is trained on the subsets (paper Table S4).
+    #[serde(default)]
+    pub retrain_arch: Option<String>,
 }
 
 fn yes() -> bool {
@@ -76,6 +81,10 @@ pub struct PipelineSpec {
     pub train: TrainConfig,
     /// Retraining on pixel subsets (the paper uses no augmentation there).
     pub retrain: TrainConfig,
+    /// Data-parallel ranks per retraining on this machine (one per GPU): above 1,
+    /// each retraining runs as `overinterp train --local-ranks N`.
+    #[serde(default = "one")]
+    pub retrain_ranks: usize,
     /// BackSelect on every train and test image (`thresholds` is set to `[threshold]`).
     pub sis: SisParams,
 }
@@ -85,6 +94,9 @@ fn cpu() -> String {
 }
 fn two() -> usize {
     2
+}
+fn one() -> usize {
+    1
 }
 fn default_sweep() -> Vec<f32> {
     vec![0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
@@ -122,6 +134,10 @@ impl PipelineSpec {
                 "model {}: give exactly one of arch, torchscript, members",
                 m.name
             );
+            if let Some(arch) = &m.retrain_arch {
+                arch.parse::<crate::models::Arch>()
+                    .map_err(|e| anyhow::anyhow!("model {}: retrain_arch: {e}", m.name))?;
+            }
             for member in &m.members {
                 anyhow::ensure!(
                     self.models
@@ -159,6 +175,31 @@ mod tests {
             let spec = PipelineSpec::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert!(!spec.models.is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn the_imagenet_spec_computes_sis_from_torchscript_and_retrains_a_native_inception() {
+        let spec =
+            PipelineSpec::from_toml(include_str!("../../scripts/pipelines/imagenet-paper.toml"))
+                .unwrap();
+        let inception = &spec.models[0];
+        assert!(inception.torchscript.is_some() && inception.arch.is_none());
+        assert_eq!(
+            crate::pipeline::run::retrain_arch(inception),
+            Some("inception-v3")
+        );
+        assert_eq!(crate::pipeline::run::retrain_arch(&spec.models[1]), None);
+        assert_eq!(
+            (spec.fraction, spec.replicates, spec.retrain_ranks),
+            (0.10, 5, 8)
+        );
+        assert!(!spec.retrain.augment);
+        let bad = include_str!("../../scripts/pipelines/imagenet-paper.toml").replace(
+            "retrain_arch = \"inception-v3\"",
+            "retrain_arch = \"inception-v9\"",
+        );
+        let err = PipelineSpec::from_toml(&bad).unwrap_err().to_string();
+        assert!(err.contains("inception-v3: retrain_arch"), "{err}");
     }
 
     #[test]

@@ -94,6 +94,82 @@ pub fn train_model(
     Ok(())
 }
 
+/// As [`train_model`], as `overinterp train --local-ranks ranks` child processes
+/// (the data-parallel trainer; a lost rank restarts the gang from its checkpoint).
+/// `masks` is a `--masks` value ([`masks_flag`]).
+#[allow(clippy::too_many_arguments)]
+pub fn train_model_data_parallel(
+    dir: &Path,
+    arch: &str,
+    input_dropout: Option<f64>,
+    data: &str,
+    masks: &str,
+    config: &TrainConfig,
+    device: &str,
+    ranks: usize,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating this executable to spawn ranks")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["train", "--arch", arch, "--data", data, "--masks", masks])
+        .arg("--out")
+        .arg(dir)
+        .args(["--device", device, "--no-eval"])
+        .args(["--local-ranks", &ranks.to_string()]);
+    cmd.args(train_flags(config));
+    if let Some(p) = input_dropout {
+        cmd.args(["--input-dropout", &p.to_string()]);
+    }
+    let status = cmd
+        .status()
+        .context("running overinterp train --local-ranks")?;
+    anyhow::ensure!(
+        status.success(),
+        "data-parallel retraining in {} failed ({status})",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `overinterp train` flags that reproduce `config`.
+pub fn train_flags(config: &TrainConfig) -> Vec<String> {
+    let mut flags = vec![
+        format!("--epochs={}", config.epochs),
+        format!("--batch-size={}", config.batch_size),
+        format!("--lr={}", config.schedule.lr),
+        format!(
+            "--milestones={}",
+            config
+                .schedule
+                .milestones
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        format!("--gamma={}", config.schedule.gamma),
+        format!("--momentum={}", config.momentum),
+        format!("--weight-decay={}", config.weight_decay),
+        format!("--crop-padding={}", config.crop_padding),
+        format!("--seed={}", config.seed),
+    ];
+    if !config.nesterov {
+        flags.push("--no-nesterov".into());
+    }
+    if !config.augment {
+        flags.push("--no-augment".into());
+    }
+    flags
+}
+
+/// The `--masks` value of one subset kind for one split's store.
+pub fn masks_flag(kind: SubsetKind, fraction: f64, seed: u64, store: &Path) -> String {
+    match kind {
+        SubsetKind::Full => String::new(),
+        SubsetKind::Backselect => format!("backselect:{}:{fraction}", store.display()),
+        SubsetKind::Random => format!("random:{fraction}:{seed}"),
+    }
+}
+
 /// Runs SIS over a whole split through the embedded cluster into `store`.
 pub fn sis_split(job: &SisJob, workers: usize) -> anyhow::Result<()> {
     let tuning = crate::exec::Tuning {
