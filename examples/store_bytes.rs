@@ -18,8 +18,14 @@ const IMAGES: u64 = 64;
 
 fn main() -> anyhow::Result<()> {
     println!("store format {FORMAT_VERSION}");
-    println!("{:<28} {:>8} {:>8} {:>14}", "setting", "pixels", "steps", "bytes/image");
-    for (name, side, k) in [("CIFAR-10 exact", 32u32, 1u32), ("ImageNet gradient k=100", 299, 100)] {
+    println!(
+        "{:<28} {:>8} {:>8} {:>14}",
+        "setting", "pixels", "steps", "bytes/image"
+    );
+    for (name, side, k) in [
+        ("CIFAR-10 exact", 32u32, 1u32),
+        ("ImageNet gradient k=100", 299, 100),
+    ] {
         let dir = tempdir()?;
         let method = if k == 1 {
             serde_json::json!({"kind": "exact"})

@@ -532,8 +532,8 @@ fn check_history_equals_reevaluation(method: Method, seed: u64) -> Result<usize,
         images: &[0, 1],
     };
     let traces = match method {
-        Method::Exact => exact_backselect(&eval, &input, 7, None)?,
-        Method::Gradient { k } => gradient_backselect(&eval, &input, k, None)?,
+        Method::Exact => exact_backselect(&eval, &input, Objective::LogOdds, 7, None)?,
+        Method::Gradient { k } => gradient_backselect(&eval, &input, Objective::LogOdds, k, None)?,
     };
     let mut compared = 0;
     for i in 0..2 {
@@ -995,8 +995,8 @@ fn gradient_backselect_runs_the_same_inside_no_grad() -> Result<(), SisError> {
         noise_keys: &[1, 2],
         images: &[0, 1],
     };
-    let plain = gradient_backselect(&eval, &input, 2, None)?;
-    let guarded = tch::no_grad(|| gradient_backselect(&eval, &input, 2, None))?;
+    let plain = gradient_backselect(&eval, &input, Objective::LogOdds, 2, None)?;
+    let guarded = tch::no_grad(|| gradient_backselect(&eval, &input, Objective::LogOdds, 2, None))?;
     assert_eq!(plain, guarded);
     Ok(())
 }
