@@ -7,6 +7,9 @@
 //! local workers, one libtorch thread per process, so the arithmetic is the same), and
 //! an embedded run over the Slurm run's output must find every stage cached.
 //!
+//! The emulated nodes' names resolve to 127.0.0.1, so the gangs' ranks are told to
+//! listen there (OVERINTERP_RING_HOST).
+//!
 //! Needs root (as tests/slurm.rs); without it the Slurm test fails unless
 //! `OVERINTERP_SKIP_SLURM=1`. The other tests here need no Slurm.
 
@@ -20,23 +23,41 @@ use common::cli::BIN;
 use common::slurm::SlurmCluster;
 use overinterp::store::StoreReader;
 
-/// The `[slurm]` table and rank counts of the test spec.
+/// The `[slurm]` table of the test spec.
 const SLURM_SETTINGS: &str = r#"
-local_ranks = 2
-
 [slurm]
 sbatch = ["--time=20"]
 
 [slurm.train]
 nodes = 2
+env = { OVERINTERP_RING_HOST = "127.0.0.1" }
 
 [slurm.retrain]
 nodes = 2
+env = { OVERINTERP_RING_HOST = "127.0.0.1" }
 
 [slurm.sis]
 nodes = 2
 env = { OVERINTERP_LEASE_SECS = "10" }
 "#;
+
+/// The planted-shortcut fixture with the `[slurm]` table and 2 local ranks per
+/// training stage (the Slurm gangs' size); returns the dir and the spec.
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let (dir, _) = common::planted::fixture(SLURM_SETTINGS);
+    let spec = dir.path().join("spec.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains("local_workers = 2\n"));
+    std::fs::write(
+        &spec,
+        text.replace(
+            "local_workers = 2\n",
+            "local_workers = 2\nlocal_ranks = 2\n",
+        ),
+    )
+    .unwrap();
+    (dir, spec)
+}
 
 fn is_root() -> bool {
     Command::new("id")
@@ -192,8 +213,7 @@ fn planted_pipeline_on_slurm_equals_embedded_and_resumes_a_cancelled_sis_stage()
     let t0 = Instant::now();
     let cluster = SlurmCluster::up_at(3, Path::new("/tmp/overinterp-slurm-pipeline"), 6917)
         .unwrap_or_else(|e| panic!("starting Slurm: {e}"));
-    let (dir, _) = common::planted::fixture(SLURM_SETTINGS);
-    let spec = dir.path().join("spec.toml");
+    let (dir, spec) = fixture();
 
     // The reference: an embedded run with the same rank and worker counts.
     let reference = dir.path().join("embedded");
@@ -274,10 +294,23 @@ fn planted_pipeline_on_slurm_equals_embedded_and_resumes_a_cancelled_sis_stage()
     let sis_log =
         std::fs::read_to_string(out.join(format!("slurm/logs/sis-cnn-train-{resumed_job}.out")))
             .expect("log of the resumed SIS job");
-    assert!(
-        sis_log.contains(&format!(
-            "job done: 600 of 600 images in the store ({before} resumed)"
-        )),
+    // Its workers computed only the images the cancelled job had not stored.
+    let computed: usize = sis_log
+        .lines()
+        .filter_map(|l| l.strip_prefix("worker done ("))
+        .filter_map(|l| {
+            l.split("shard(s), ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!(sis_log.contains("job done: 600 of 600 images"), "{sis_log}");
+    assert_eq!(
+        computed,
+        600 - before,
         "the resubmitted SIS job did not resume the {before} stored images:\n{sis_log}"
     );
 
@@ -367,8 +400,7 @@ fn planted_pipeline_on_slurm_equals_embedded_and_resumes_a_cancelled_sis_stage()
 
 #[test]
 fn dry_run_prints_the_jobs_and_their_dependencies() {
-    let (dir, _) = common::planted::fixture(SLURM_SETTINGS);
-    let spec = dir.path().join("spec.toml");
+    let (dir, spec) = fixture();
     let out = dir.path().join("out");
     let script = ok(
         pipeline(None, &spec, &out, &["--slurm", "--dry-run"]),

@@ -84,6 +84,10 @@ pub struct PipelineArgs {
     /// its own); the spec's `device` otherwise.
     #[arg(long, requires = "stage")]
     pub device: Option<String>,
+    /// With --stage: the address other ranks reach this one at (default:
+    /// OVERINTERP_RING_HOST, else this node's name under Slurm).
+    #[arg(long, requires = "stage")]
+    pub ring_host: Option<String>,
     /// CPU threads for libtorch in every stage process (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -310,7 +314,13 @@ fn ranks(args: &PipelineArgs, spec: &PipelineSpec) -> anyhow::Result<(Ranks, usi
         rank,
         world_size: world,
         rendezvous_dir: rendezvous,
-        host: resolve_host(None).map_err(anyhow::Error::msg)?,
+        host: resolve_host(
+            args.ring_host
+                .clone()
+                .or_else(|| std::env::var("OVERINTERP_RING_HOST").ok())
+                .as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?,
         backend: Backend::for_device(device),
         device,
         rendezvous_timeout: std::time::Duration::from_secs(300),

@@ -64,8 +64,13 @@ fn failed(id: &str, j: &JobInfo, log: &Path) -> String {
         .lines()
         .map(|l| format!("\n      | {l}"))
         .collect::<String>();
+    let word = if j.state == "CANCELLED" {
+        "cancelled"
+    } else {
+        "failed  "
+    };
     format!(
-        "failed   job {id}: {}, exit code {}; log {}{tail}",
+        "{word} job {id}: {}, exit code {}; log {}{tail}",
         j.state,
         j.exit_code,
         log.display()
@@ -82,9 +87,10 @@ fn progress(
         StageKind::Sis(_) => {
             let reader = crate::store::StoreReader::open(dir.join("store")).ok()?;
             Some(format!(
-                "{} of {} images",
+                "{} of {} images; more workers: sbatch -N2 slurm/add-workers.sbatch {}",
                 reader.len(),
-                reader.meta().num_images
+                reader.meta().num_images,
+                dir.join("store.job").display()
             ))
         }
         StageKind::Train | StageKind::Retrain(..) => {
