@@ -9,10 +9,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::analyses::*;
+use super::experiment::{Experiment, Ranks};
+use super::plan::{names, retrains};
 use super::spec::{ModelSpec, PipelineSpec};
 use super::stages::{self, EvalSummary, Stages, SubsetKind};
 use crate::data::{ImageSource, Split};
-use crate::job::SisJob;
 use crate::models;
 use crate::sis::ImageSis;
 use crate::store::StoreReader;
@@ -39,21 +40,22 @@ struct Built {
 
 /// Runs the pipeline and writes the report; returns the report directory.
 pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<PathBuf> {
-    let stages = Stages {
-        root: spec.out.clone(),
+    let ranks = Ranks::Local {
+        spec_file: spec.out.join("pipeline-spec.toml"),
     };
-    let device = crate::util::parse_device(&spec.device).map_err(anyhow::Error::msg)?;
-    let train_set = stages::open_split(&spec.data, Split::Train)?;
-    let test_set = stages::open_split(&spec.data, Split::Test)?;
-    let corrupted = spec
-        .corrupted
-        .as_deref()
-        .map(|c| stages::open_split(c, Split::Test))
-        .transpose()?;
-    let [_, h, w] = test_set.shape();
+    let exp = Experiment::open(spec, Stages::new(spec.out.clone()), ranks)?;
+    run_experiment(&exp, spec_text)
+}
+
+/// Runs (or reads from their caches) every stage of an opened pipeline and writes
+/// the report; returns the report directory.
+pub fn run_experiment(exp: &Experiment, spec_text: &str) -> anyhow::Result<PathBuf> {
+    let spec = exp.spec;
+    let stages = &exp.stages;
+    let device = exp.device()?;
+    let (train_set, test_set) = (&exp.train_set, &exp.test_set);
     let q = spec.fraction;
 
-    let mut model_strings: BTreeMap<String, String> = BTreeMap::new();
     let mut built = Vec::new();
     // Plain models first, so ensembles can name them.
     let mut order: Vec<&ModelSpec> = spec
@@ -63,135 +65,24 @@ pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<Path
         .collect();
     order.extend(spec.models.iter().filter(|m| !m.members.is_empty()));
     for m in order {
-        let model = if let Some(arch) = &m.arch {
-            let mut cfg = spec.train.clone();
-            cfg.seed = m.seed;
-            let key = (
-                "train",
-                arch,
-                m.input_dropout,
-                &spec.data,
-                train_set.content_hash(),
-                &cfg,
-            );
-            let (dir, ()) = stages.run(&format!("train-{}", m.name), &key, |dir| {
-                stages::train_model(
-                    dir,
-                    arch,
-                    m.input_dropout,
-                    train_set.as_ref(),
-                    None,
-                    &cfg,
-                    device,
-                )
-            })?;
-            dir.to_string_lossy().into_owned()
-        } else if let Some(path) = &m.torchscript {
-            path.to_string_lossy().into_owned()
-        } else {
-            format!(
-                "ensemble:{}",
-                m.members
-                    .iter()
-                    .map(|n| model_strings[n].clone())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        };
-        model_strings.insert(m.name.clone(), model.clone());
-
-        let retrain = m.retrain && m.arch.is_some();
-        let sis_store = |split: Split| -> anyhow::Result<PathBuf> {
-            let mut params = spec.sis.clone();
-            params.thresholds = vec![spec.threshold];
-            let job = SisJob {
-                model: model.clone(),
-                data: spec.data.clone(),
-                split,
-                out: PathBuf::new(),
-                device: spec.device.clone(),
-                start: None,
-                end: None,
-                sis: params,
-            };
-            let key = ("sis", &job, crate::job::model_fingerprint(&model)?);
-            let stage = format!("sis-{}-{split}", m.name);
-            let (dir, ()) = stages.run(&stage, &key, |dir| {
-                stages::note_other_objectives(&stages.root, &stage, job.sis.objective);
-                let job = SisJob {
-                    out: dir.join("store"),
-                    ..job.clone()
-                };
-                stages::sis_split(&job, spec.local_workers)
-            })?;
-            Ok(dir.join("store"))
-        };
-        let test_store = sis_store(Split::Test)?;
+        let model = exp.model(m)?;
+        let retrain = retrains(m);
+        let test_store = exp.sis_store(m, &model, Split::Test)?;
         let train_store = if retrain {
-            Some(sis_store(Split::Train)?)
+            Some(exp.sis_store(m, &model, Split::Train)?)
         } else {
             None
         };
-
-        let views = |model_dir: &str, stage: &str| -> anyhow::Result<ViewsEval> {
-            let key = (
-                "eval",
-                model_dir,
-                crate::job::model_fingerprint(model_dir)?,
-                &test_store,
-                q,
-                spec.random_seed,
-                &spec.corrupted,
-            );
-            let (_, v) = stages.run(stage, &key, |_| {
-                let classifier = load(model_dir, device, test_set.as_ref())?;
-                evaluate_views(
-                    classifier.as_ref(),
-                    test_set.as_ref(),
-                    corrupted.as_deref(),
-                    &test_store,
-                    q,
-                    spec.random_seed,
-                    (h, w),
-                )
-            })?;
-            Ok(v)
-        };
-        let original = views(&model, &format!("eval-{}", m.name))?;
+        let original = exp.views(&model, &names::eval(m), &test_store)?;
 
         let mut retrained = BTreeMap::new();
-        if let (true, Some(arch), Some(train_store)) = (retrain, &m.arch, &train_store) {
+        if let Some(train_store) = &train_store {
             for kind in [SubsetKind::Backselect, SubsetKind::Random] {
                 let mut evals = Vec::new();
                 for r in 0..spec.replicates {
-                    let mut cfg = spec.retrain.clone();
-                    cfg.seed = r as u64;
-                    let key = (
-                        "retrain",
-                        arch,
-                        m.input_dropout,
-                        kind,
-                        train_store,
-                        q,
-                        spec.random_seed,
-                        &cfg,
-                        &spec.data,
-                    );
-                    let name = format!("retrain-{}-{kind:?}-{r}", m.name).to_lowercase();
-                    let (dir, ()) = stages.run(&name, &key, |dir| {
-                        let masks =
-                            stages::subset_masks(kind, q, spec.random_seed, train_store, (h, w))?;
-                        stages::train_model(
-                            dir,
-                            arch,
-                            m.input_dropout,
-                            train_set.as_ref(),
-                            Some(masks.as_ref()),
-                            &cfg,
-                            device,
-                        )
-                    })?;
-                    evals.push(views(&dir.to_string_lossy(), &format!("{name}-eval"))?);
+                    let dir = exp.retrain(m, kind, r, train_store)?;
+                    let name = names::retrain_eval(m, kind, r);
+                    evals.push(exp.views(&dir.to_string_lossy(), &name, &test_store)?);
                 }
                 retrained.insert(kind.label(q), evals);
             }
@@ -207,7 +98,7 @@ pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<Path
 
     let report_dir = spec.out.join("report");
     std::fs::create_dir_all(&report_dir)?;
-    let transfer = transfer_matrix(&stages, &built, test_set.as_ref(), q, device)?;
+    let transfer = transfer_matrix(stages, &built, test_set.as_ref(), q, device)?;
     let analyses = analyze(
         spec,
         spec_text,
@@ -221,7 +112,7 @@ pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<Path
     Ok(report_dir)
 }
 
-fn load(
+pub(crate) fn load(
     model: &str,
     device: tch::Device,
     source: &dyn ImageSource,
@@ -235,7 +126,7 @@ fn load(
 /// Accuracy on full test images, the backselect and random test subsets (the
 /// backselect ones from `test_store`, i.e. the original model's), and the
 /// corrupted test set when given.
-fn evaluate_views(
+pub(crate) fn evaluate_views(
     model: &dyn models::Classifier,
     test: &dyn ImageSource,
     corrupted: Option<&dyn ImageSource>,
@@ -276,7 +167,7 @@ fn transfer_matrix(
             .collect::<Vec<_>>(),
         q,
     );
-    let (_, accuracy) = stages.run("transfer", &key, |_| {
+    let (_, accuracy) = stages.run(names::TRANSFER, &key, |_| {
         let [_, h, w] = test.shape();
         let mut rows = Vec::new();
         for source in built {
