@@ -24,7 +24,6 @@ use overinterp::pipeline::analyses::Analyses;
 use overinterp::pipeline::analysis;
 use overinterp::sis::{ImageSis, Method};
 use overinterp::store::{StoreMeta, StoreWriter, FORMAT_VERSION};
-use overinterp::subsets::MaskSource;
 use overinterp::util::SplitMix64;
 
 const SIDE: u32 = 299;
@@ -68,6 +67,9 @@ fn meta(n: u64) -> StoreMeta {
         width: SIDE,
         num_images: n,
         seed: 0,
+        objective: overinterp::sis::Objective::LogOdds,
+        precision: "fp32".into(),
+        created_by: None,
         extra: BTreeMap::new(),
     }
 }
@@ -81,8 +83,10 @@ fn record(index: u64, meta: &StoreMeta) -> ImageSis {
     let mut order: Vec<u32> = (0..p as u32).collect();
     rng.shuffle(&mut order);
     let mut removal_step = vec![0u32; p];
+    let mut rank_in_block = vec![0u32; p];
     for (pos, &q) in order.iter().enumerate() {
         removal_step[q as usize] = (pos / K as usize) as u32;
+        rank_in_block[q as usize] = (pos % K as usize) as u32;
     }
     let confidence = 0.5 + 0.5 * (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
     let knee = 0.5 + 0.5 * (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
@@ -104,6 +108,7 @@ fn record(index: u64, meta: &StoreMeta) -> ImageSis {
         height: SIDE,
         width: SIDE,
         removal_step,
+        rank_in_block,
         confidence_history,
         collections: Vec::new(),
     }

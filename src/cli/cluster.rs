@@ -24,6 +24,15 @@ pub struct LeaderTuning {
     /// cluster it must be on storage every node sees. Default: `<store>.job`.
     #[arg(long)]
     pub job_dir: Option<PathBuf>,
+    /// A worker that fails this many shards in a row is quarantined (unless the same
+    /// shards failed on other workers too); `status` shows why, `status --lift`
+    /// lifts it.
+    #[arg(long, default_value_t = 2)]
+    pub quarantine_after: u32,
+    /// Seconds a shard that failed on every connected worker waits for another
+    /// worker before the job fails (a shard failing on 3 workers fails it at once).
+    #[arg(long, default_value_t = 300)]
+    pub failure_grace_secs: u64,
 }
 
 impl LeaderTuning {
@@ -32,6 +41,8 @@ impl LeaderTuning {
             shard_size: self.shard_size,
             lease_secs: self.lease_secs,
             job_dir: self.job_dir.clone(),
+            quarantine_after: self.quarantine_after,
+            failure_grace_secs: self.failure_grace_secs,
         }
     }
 }
@@ -70,6 +81,10 @@ pub struct LeaderArgs {
     /// Result store directory (overrides the job's `out`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write the job report (counters, per-shard assignments, lapsed leases,
+    /// dropped duplicates, failures, quarantines) as JSON to this file at the end.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: LeaderTuning,
 }
@@ -99,9 +114,10 @@ pub struct WorkerArgs {
     pub threads: Option<i32>,
 }
 
-/// Show a job's progress: shards done/leased/pending, images/s, ETA, and
-/// per-worker throughput. When no leader answers (finished, crashed, not started)
-/// it reads the store instead: images done of total, complete or not.
+/// Show a job's progress: shards done/leased/pending, images/s, ETA, per-worker
+/// throughput, and quarantined workers with the reason. When no leader answers
+/// (finished, crashed, not started) it reads the store instead: images done of
+/// total, complete or not.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[arg(long)]
@@ -109,6 +125,9 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Lift the quarantine of the worker with this name first (it may rejoin).
+    #[arg(long, value_name = "NAME")]
+    pub lift: Option<String>,
 }
 
 fn read_job(path: &Path, out: Option<&PathBuf>) -> anyhow::Result<(SisJob, String)> {
@@ -160,6 +179,11 @@ pub fn run_leader(args: LeaderArgs) -> anyhow::Result<()> {
         );
         leader.run().await.map_err(anyhow::Error::from)
     })?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing the job report {}", path.display()))?;
+    }
     println!(
         "job done: {} of {} images, {} refused connection(s), {:.1} s",
         report.status.images_done, report.status.images_total, report.refused, report.elapsed_s
@@ -199,10 +223,16 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let live = rt.block_on(net::query_status(&args.job_dir, None));
+    let live = rt.block_on(net::query_status_lifting(
+        &args.job_dir,
+        None,
+        args.lift.clone(),
+    ));
     let status = match live {
         Ok(status) => status,
-        Err(e) if args.job_dir.is_dir() => return print_stored_status(&args, &e.to_string()),
+        Err(e) if args.job_dir.is_dir() && args.lift.is_none() => {
+            return print_stored_status(&args, &e.to_string())
+        }
         Err(e) => {
             return Err(anyhow::Error::from(e))
                 .with_context(|| format!("asking the leader of {}", args.job_dir.display()))
@@ -234,6 +264,9 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     println!("workers: {}", worker_rates(&status));
     for w in &status.workers {
         println!("  {}", serde_json::to_string(w)?);
+    }
+    for q in &status.quarantined {
+        println!("  quarantined {}: {}", q.name, q.reason);
     }
     Ok(())
 }

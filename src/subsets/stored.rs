@@ -99,9 +99,7 @@ impl StoredSubsets {
                 match reader.get(index as u64).map_err(store_err)? {
                     None => None,
                     Some(rec) => Some(match *selection {
-                        Selection::BackselectTop(q) => {
-                            crate::store::top_fraction(&rec.removal_step, q)
-                        }
+                        Selection::BackselectTop(q) => rec.top_fraction(q),
                         Selection::Sis(tau) => rec.find_sis(tau).unwrap_or_default(),
                     }),
                 }
@@ -250,6 +248,9 @@ mod tests {
             width: W,
             num_images: n,
             seed: 0,
+            objective: crate::sis::Objective::LogOdds,
+            precision: "fp32".into(),
+            created_by: None,
             extra: BTreeMap::new(),
         };
         let mut writer = StoreWriter::open(dir, meta).unwrap();
@@ -265,6 +266,7 @@ mod tests {
                     width: W,
                     // Pixel q is removed at step (q + index) mod p.
                     removal_step: (0..p).map(|q| ((q + index) % p) as u32).collect(),
+                    rank_in_block: Vec::new(),
                     confidence_history: vec![0.9; p as usize],
                     collections: Vec::new(),
                 })

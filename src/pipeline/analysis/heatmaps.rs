@@ -28,7 +28,7 @@ impl HeatmapAcc {
         let (h, w) = *self
             .size
             .get_or_insert((rec.height as usize, rec.width as usize));
-        let kept = crate::store::top_fraction(&rec.removal_step, self.q);
+        let kept = rec.top_fraction(self.q);
         for class in [None, Some(rec.predicted)] {
             let entry = self
                 .by_class

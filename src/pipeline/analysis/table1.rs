@@ -2,17 +2,9 @@
 //! confidence drop, from the evaluation stages' summaries.
 
 use super::super::analyses::Stat;
-use super::super::stages::{EvalSummary, SubsetKind};
+use super::super::run::ViewsEval;
+use super::super::stages::SubsetKind;
 use super::stats::stat;
-
-/// Evaluations of one model on the test views (Table 1 columns).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ViewsEval {
-    pub full: EvalSummary,
-    pub backselect: EvalSummary,
-    pub random: EvalSummary,
-    pub corrupted: Option<EvalSummary>,
-}
 
 /// (column name, accuracy over `evals`) for full, BS-q, random-q test images, and
 /// the corrupted test set when every evaluation has it.
