@@ -919,7 +919,7 @@ fn a_flood_of_unauthenticated_peers_stays_within_the_memory_bound() {
     );
     // The bound is printed, not asserted: on the 2-core test machine the leader's
     // peak grew about 117 MiB during the flood, over this bound, for reasons not yet
-    // found (peer bytes are bounded by the windows above); see the README.
+    // found (peer bytes are bounded by the windows above).
     if peak > bound {
         eprintln!("flood: peak RSS {peak} KiB is over the bound {bound} KiB");
     }
