@@ -122,13 +122,12 @@ fn compare(method: &str, recs: &[ImageSis], refr: &Value, k: usize, tau: f32) ->
             rec.index
         );
         let hist: Vec<f32> = serde_json::from_value(r["confidence_history"].clone()).unwrap();
-        for s in 0..agree {
+        let pairs = hist.iter().zip(&rec.confidence_history).take(agree);
+        for (s, (theirs, mine)) in pairs.enumerate() {
             assert!(
-                (hist[s] - rec.confidence_history[s]).abs() <= 1e-5,
-                "{method}, image {} step {s}: f {} vs {}",
-                rec.index,
-                rec.confidence_history[s],
-                hist[s]
+                (theirs - mine).abs() <= 1e-5,
+                "{method}, image {} step {s}: f {mine} vs {theirs}",
+                rec.index
             );
         }
         whole += usize::from(tie.is_none());
