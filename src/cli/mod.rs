@@ -7,6 +7,7 @@ mod common;
 mod eval;
 mod pipeline;
 mod sis;
+mod store;
 mod subsets;
 mod train;
 
@@ -47,6 +48,8 @@ pub enum Command {
     Status(cluster::StatusArgs),
     /// Run the paper's whole experiment and write a report.
     Pipeline(pipeline::PipelineArgs),
+    /// Inspect result stores (`store info STORE`).
+    Store(store::StoreArgs),
 }
 
 /// Runs one parsed command line.
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => cluster::run_worker(args),
         Command::Status(args) => cluster::run_status(args),
         Command::Pipeline(args) => pipeline::run(args),
+        Command::Store(args) => store::run(args),
     }
 }
 

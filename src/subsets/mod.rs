@@ -6,6 +6,7 @@
 pub mod export;
 pub mod npz;
 pub mod random;
+pub mod stability;
 pub mod stored;
 
 use tch::Tensor;
