@@ -135,6 +135,7 @@ impl<'a> Experiment<'a> {
         let name = names::sis(m, split);
         stages::adopt_complete_store(&self.stages.dir(&name, &key))?;
         let (dir, ()) = self.stages.run(&name, &key, |dir| {
+            stages::note_other_objectives(&self.stages.root, &name, job.sis.objective);
             let job = SisJob {
                 out: dir.join("store"),
                 ..job.clone()
@@ -154,7 +155,9 @@ impl<'a> Experiment<'a> {
     ) -> anyhow::Result<(PathBuf, PathBuf)> {
         let (job, fingerprint) = self.sis_job(model, split)?;
         let key = ("sis", &job, fingerprint);
-        let dir = self.stages.begin(&names::sis(m, split), &key)?;
+        let name = names::sis(m, split);
+        stages::note_other_objectives(&self.stages.root, &name, job.sis.objective);
+        let dir = self.stages.begin(&name, &key)?;
         let job = SisJob {
             out: dir.join("store"),
             ..job

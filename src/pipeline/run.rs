@@ -347,7 +347,7 @@ fn heatmaps(model: &str, records: &[ImageSis], q: f64) -> Vec<Heatmap> {
     let (h, w) = (first.height as usize, first.width as usize);
     let mut by_class: BTreeMap<Option<i64>, (Vec<f32>, usize)> = BTreeMap::new();
     for r in records {
-        let kept = crate::store::top_fraction(&r.removal_step, q);
+        let kept = r.top_fraction(q);
         for class in [None, Some(r.predicted)] {
             let entry = by_class
                 .entry(class)
