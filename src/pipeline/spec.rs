@@ -261,7 +261,7 @@ impl PipelineSpec {
             if t.epochs == 0 || t.batch_size == 0 {
                 problems.push(format!("[{key}] epochs and batch_size must be at least 1"));
             }
-            if !(t.schedule.lr > 0.0) {
+            if t.schedule.lr.is_nan() || t.schedule.lr <= 0.0 {
                 problems.push(format!(
                     "[{key}] schedule.lr = {} must be positive",
                     t.schedule.lr
