@@ -5,6 +5,7 @@
 mod cluster;
 mod common;
 mod eval;
+mod human;
 mod pipeline;
 mod sis;
 mod subsets;
@@ -47,6 +48,8 @@ pub enum Command {
     Status(cluster::StatusArgs),
     /// Run the paper's whole experiment and write a report.
     Pipeline(pipeline::PipelineArgs),
+    /// The human classification benchmark: build, serve and report a study.
+    Human(human::HumanArgs),
 }
 
 /// Runs one parsed command line.
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => cluster::run_worker(args),
         Command::Status(args) => cluster::run_status(args),
         Command::Pipeline(args) => pipeline::run(args),
+        Command::Human(args) => human::run(args),
     }
 }
 

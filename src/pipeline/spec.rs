@@ -78,6 +78,10 @@ pub struct PipelineSpec {
     pub retrain: TrainConfig,
     /// BackSelect on every train and test image (`thresholds` is set to `[threshold]`).
     pub sis: SisParams,
+    /// A human study (`overinterp human build`) whose section the report appends
+    /// once the study has answers.
+    #[serde(default)]
+    pub study: Option<PathBuf>,
 }
 
 fn cpu() -> String {
