@@ -382,9 +382,12 @@ fn two_participants_in_chromium_survive_a_sigkill_and_the_report_matches_their_c
     let mut rng = overinterp::util::SplitMix64::new(42);
     let mut log = Vec::new();
     answer(
-        &a, 0, &code_a, 12, &facts, &classes, &mut rng, &mut log, total,
+        &a, 0, &code_a, 10, &facts, &classes, &mut rng, &mut log, total,
     );
-    screenshot(&a, "second-batch.png");
+    screenshot(&a, "new-batch.png");
+    answer(
+        &a, 0, &code_a, 2, &facts, &classes, &mut rng, &mut log, total,
+    );
     answer(
         &b, 1, &code_b, 7, &facts, &classes, &mut rng, &mut log, total,
     );

@@ -101,9 +101,10 @@ pub fn welcome(info: &StudyInfo, error: Option<&str>) -> String {
         "Image classification study",
         &format!(
             "<h1>Which object is it?</h1>\
-<div class=\"card\"><p>You will see <b>{total} images</b>, one at a time, in <b>{batches} batches</b>. \
-In each image most pixels are hidden and shown in a flat grey; only some are visible: \
-<b>{}</b> of the pixels in the first batch{}.</p>\
+<div class=\"card\"><p>You will classify <b>{total} images</b>, one at a time, in <b>{batches} batches</b> \
+of {images}. Each batch shows the same {images} objects in a new order, with more of their pixels \
+visible each time: <b>{}</b> of the pixels in the first batch{}. Hidden pixels are painted in one \
+flat grey (the average colour of the pictures).</p>\
 <p>For every image, choose which of these {} kinds of object it shows:</p><ul class=\"classes\">{classes}</ul>\
 <p>Click a button, or press its number key. If you are unsure, make your best guess: \
 every image needs one answer, and an answer cannot be changed. Many images will be hard to \
@@ -122,6 +123,7 @@ recognise; that is expected.</p>\
             },
             info.class_names.len(),
             esc(info.consent),
+            images = info.images,
         ),
     )
 }
@@ -186,7 +188,7 @@ pub fn trial(v: &TrialView) -> String {
         &format!(
             "<div class=\"card\"><div class=\"progress\"><span>Image {n} of {total}</span>\
 <progress value=\"{done}\" max=\"{total}\"></progress><span>{pct_done}%</span></div>\
-<p class=\"batch\">Batch {b} of {batches}: <b>{frac}%</b> of the pixels are visible, the rest is grey.</p>{banner}</div>\
+<p class=\"batch\">Batch {b} of {batches}: <b>{frac}%</b> of the pixels are visible, the rest is hidden (flat grey).</p>{banner}</div>\
 <div class=\"card\"><form id=\"answer\" method=\"post\" action=\"/p/{code}/answer\">\
 <input type=\"hidden\" name=\"trial\" value=\"{id}\"><input type=\"hidden\" name=\"rt_ms\" id=\"rt_ms\" value=\"\">\
 <div class=\"stage\"><img id=\"stimulus\" src=\"/img/{id}.png\" alt=\"image to classify\">\
