@@ -20,7 +20,7 @@ use overinterp::models::{self, Arch, Classifier, ModelConfig};
 use overinterp::sis::engine::BackSelectInput;
 use overinterp::sis::exact::exact_backselect;
 use overinterp::sis::gradient::gradient_backselect;
-use overinterp::sis::{run_sis, Evaluator, Method, SisParams};
+use overinterp::sis::{run_sis, Evaluator, Method, Objective, SisParams};
 use tch::{Device, Kind, Tensor};
 
 const BATCH: i64 = 32;
@@ -128,7 +128,13 @@ fn main() -> anyhow::Result<()> {
             noise_keys: &[0],
             images: &indices[..1],
         };
-        exact_backselect(&eval, &input, BATCH as usize, Some(steps))?;
+        exact_backselect(
+            &eval,
+            &input,
+            Objective::LogOdds,
+            BATCH as usize,
+            Some(steps),
+        )?;
         Ok(())
     };
     warm(1)?;
@@ -158,7 +164,13 @@ fn main() -> anyhow::Result<()> {
             images: &indices[..1],
         };
         exact.time(candidates as f64, || {
-            exact_backselect(&eval, &input, BATCH as usize, Some(exact_steps))
+            exact_backselect(
+                &eval,
+                &input,
+                Objective::LogOdds,
+                BATCH as usize,
+                Some(exact_steps),
+            )
         })?;
     }
 
@@ -191,7 +203,7 @@ fn main() -> anyhow::Result<()> {
         };
         // grad_steps steps plus the final no-grad forward the run always ends with.
         grad.time(grad_steps as f64, || {
-            gradient_backselect(&eval, &input, 1, Some(grad_steps))
+            gradient_backselect(&eval, &input, Objective::LogOdds, 1, Some(grad_steps))
         })?;
     }
 

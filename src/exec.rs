@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use overinterp_cluster::net::{self, LeaderConfig, LocalReport, ShutdownHandle};
-use overinterp_cluster::{EmitError, ExecError, Executor, ResultSink, SinkError};
+use overinterp_cluster::proto::Identity;
+use overinterp_cluster::{EmitError, ExecError, Executor, PayloadCheck, ResultSink, SinkError};
 
 use crate::job::{Opened, SisJob};
-use crate::store::{encode_payload, StoreWriter};
+use crate::store::{decode_payload, encode_payload, StoreMeta, StoreWriter};
 
 /// Leader settings beyond the job itself.
 #[derive(Clone, Debug)]
@@ -26,6 +27,10 @@ pub struct Tuning {
     pub lease_secs: u64,
     /// Credentials and `leader.addr`; default `<store>.job`.
     pub job_dir: Option<PathBuf>,
+    /// Failed shards in a row before a worker is quarantined.
+    pub quarantine_after: u32,
+    /// Seconds a shard that failed on every connected worker waits for another.
+    pub failure_grace_secs: u64,
 }
 
 impl Default for Tuning {
@@ -34,6 +39,8 @@ impl Default for Tuning {
             shard_size: 64,
             lease_secs: 30,
             job_dir: None,
+            quarantine_after: 2,
+            failure_grace_secs: 300,
         }
     }
 }
@@ -85,7 +92,59 @@ pub fn leader_setup(
     let mut config = LeaderConfig::new(listen, job_dir, spec, range.end);
     config.shard_size = tuning.shard_size.max(1);
     config.lease = Duration::from_secs(tuning.lease_secs.max(1));
+    config.quarantine_after = tuning.quarantine_after.max(1);
+    config.failure_grace = Duration::from_secs(tuning.failure_grace_secs);
+    config.identity = Some(identity(&local, &opened)?);
+    tracing::info!(identity = ?config.identity, "job identity");
     Ok((config, StoreSink::new(writer, range.start)))
+}
+
+/// What decides a job's results, hashed on this node: the model files, the dataset
+/// split's content and the SIS settings as this binary parsed them (method,
+/// thresholds, seed, objective, precision: whatever `[sis]` holds). The leader
+/// sends its own; a worker whose own differs is refused.
+pub fn identity(job: &SisJob, opened: &Opened) -> anyhow::Result<Identity> {
+    use overinterp_cluster::proto::IdentityPart;
+    let settings =
+        serde_json::to_string(&(&job.split, &job.sis)).context("serializing the SIS settings")?;
+    let resolve = |p: &str| {
+        std::fs::canonicalize(p).map_or_else(|_| p.to_string(), |a| a.display().to_string())
+    };
+    Ok(Identity {
+        parts: vec![
+            IdentityPart {
+                what: "model".into(),
+                file: resolve(&job.model),
+                sha256: opened.meta.model_sha256.clone(),
+            },
+            IdentityPart {
+                what: "dataset".into(),
+                file: format!("{} ({} split)", resolve_data(&job.data), job.split),
+                sha256: opened.meta.dataset_sha256.clone(),
+            },
+            IdentityPart {
+                what: "settings".into(),
+                file: settings.clone(),
+                sha256: crate::util::sha256_hex(settings.as_bytes()),
+            },
+        ],
+    })
+}
+
+/// `KIND:PATH?opts` with PATH made absolute where it exists, for messages.
+fn resolve_data(spec: &str) -> String {
+    let Some((kind, rest)) = spec.split_once(':') else {
+        return spec.to_string();
+    };
+    let (path, opts) = rest
+        .split_once('?')
+        .map_or((rest, None), |(p, o)| (p, Some(o)));
+    let abs =
+        std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |a| a.display().to_string());
+    match opts {
+        Some(o) => format!("{kind}:{abs}?{o}"),
+        None => format!("{kind}:{abs}"),
+    }
 }
 
 /// `<store>.job`, beside the store.
@@ -174,6 +233,11 @@ impl SisExecutor {
 }
 
 impl Executor for SisExecutor {
+    fn prepare(&mut self, job_spec: &str) -> Result<Identity, ExecError> {
+        let (_, job, opened) = self.open(job_spec)?;
+        identity(job, opened).map_err(|e| ExecError::msg(format!("{e:#}")))
+    }
+
     fn run(
         &mut self,
         job_spec: &str,
@@ -195,11 +259,18 @@ pub struct StoreSink {
     writer: StoreWriter,
     /// Indices below this are outside the job (see the module doc).
     start: u64,
+    /// The store's meta: payloads are checked against its shape and thresholds.
+    meta: StoreMeta,
 }
 
 impl StoreSink {
     pub fn new(writer: StoreWriter, start: u64) -> Self {
-        Self { writer, start }
+        let meta = writer.meta().clone();
+        Self {
+            writer,
+            start,
+            meta,
+        }
     }
 }
 
@@ -223,5 +294,24 @@ impl ResultSink for StoreSink {
 
     fn sync(&mut self) -> Result<(), SinkError> {
         ResultSink::sync(&mut self.writer)
+    }
+
+    /// A payload must decode to an [`crate::sis::ImageSis`] of the image it is sent
+    /// for, inside the job, with the store's image shape and thresholds; anything
+    /// else is the sending worker's fault and never reaches the store.
+    fn payload_check(&self) -> Option<PayloadCheck> {
+        let meta = self.meta.clone();
+        let start = self.start;
+        Some(std::sync::Arc::new(move |index: u64, payload: &[u8]| {
+            if index < start {
+                return Err(format!(
+                    "image {index} is before the job's first image {start}"
+                ));
+            }
+            let rec = decode_payload(index, payload).map_err(|e| e.to_string())?;
+            crate::store::normalize_record(rec, &meta)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }))
     }
 }

@@ -112,6 +112,9 @@ impl SisJob {
             width: w as u32,
             num_images: source.len() as u64,
             seed: self.sis.seed,
+            objective: self.sis.objective,
+            precision: self.sis.precision().into(),
+            created_by: Some(crate::store::Provenance::current()),
             extra: [
                 ("collection".to_string(), self.sis.collection.to_string()),
                 ("autocast".into(), self.sis.autocast.to_string()),

@@ -274,3 +274,136 @@ fn sis_sbatch_preempted_requeues_and_resumes() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// Issue 10, item 8: a mini-batch (32 images, k = 2: about 400 gradient steps, a few
+/// seconds on one thread) outlasts the drain window (OVERINTERP_DRAIN_SECS=1). The
+/// script requeues first, then kills the workers still busy at the end of the
+/// window; the requeued run resumes from the store, redoing only the mini-batches
+/// that were in flight, and the result equals a single-process store of the job.
+#[test]
+fn sis_sbatch_preempted_mid_mini_batch_longer_than_the_window_still_resumes() {
+    if !may_run() {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let cluster = SlurmCluster::up(2).unwrap_or_else(|e| panic!("starting Slurm: {e}"));
+    let s = setup();
+    let d = s.dir.path();
+    let model = d.join("model");
+    let reference = d.join("reference-k2");
+    let sis_args = [
+        "--data",
+        DATA,
+        "--split",
+        "test",
+        "--method",
+        "gradient",
+        "--k",
+        "2",
+        "--threshold",
+        "0.3",
+        "--batch",
+        "32",
+        "--candidate-batch",
+        "256",
+        "--no-collection",
+        "--threads",
+        "1",
+    ];
+    let out = Command::new(BIN)
+        .arg("sis")
+        .arg("--model")
+        .arg(&model)
+        .args(sis_args)
+        .arg("--out")
+        .arg(&reference)
+        .output()
+        .expect("overinterp sis");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spec = read(&s.job)
+        .replace("k = 16", "k = 2")
+        .replace("batch_size = 8", "batch_size = 32");
+    std::fs::write(&s.job, spec).expect("job.toml");
+    let out = d.join("sis.out");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let export = format!(
+        "{},OVERINTERP_DRAIN_SECS=1,OVERINTERP_SHARD_SIZE=32",
+        s.export
+    );
+    let job = cluster
+        .sbatch([
+            "-N1".as_ref(),
+            export.as_ref(),
+            "-D".as_ref(),
+            d.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            root.join("slurm/sis.sbatch").as_os_str(),
+            s.job.as_os_str(),
+            s.store.as_os_str(),
+        ])
+        .unwrap_or_else(|e| panic!("sbatch sis.sbatch: {e}"));
+    let poll_until = |what: &str, secs: u64, cond: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !cond() {
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "{what} not seen in {secs} s; output:\n{}",
+                read(&out)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    poll_until("a mini-batch stored", 120, &|| stored(&s.store) >= 32);
+    cluster
+        .scancel(job, &["--signal=USR1", "--batch"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    poll_until("the requeue", 60, &|| {
+        cluster
+            .job_field(job, "JobState")
+            .is_ok_and(|st| st == "PENDING")
+    });
+    let partial = stored(&s.store);
+    assert!(partial < 128, "the job ended before the preemption");
+    let _ = cluster
+        .command("scontrol")
+        .args(["update", &format!("JobId={job}"), "StartTime=now+2"])
+        .status();
+    let state = cluster
+        .wait(job, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("sis job {job}: {e}; output:\n{}", read(&out)));
+    let log = read(&out);
+    assert_eq!(state, "COMPLETED", "output:\n{log}");
+    let requeue = log.find("requeueing job").expect("no requeue");
+    let cut = log
+        .find("did not drain within 1 s")
+        .unwrap_or_else(|| panic!("the mini-batch did not outlast the window:\n{log}"));
+    assert!(
+        requeue < cut,
+        "the requeue must come before the drain:\n{log}"
+    );
+    assert!(log.contains("(restart 1)"), "no rerun:\n{log}");
+    assert!(
+        log.contains("job done: 128 of 128 images"),
+        "output:\n{log}"
+    );
+    let want = StoreReader::open(&reference).expect("reference store");
+    let got = StoreReader::open(&s.store).expect("merged store");
+    assert_eq!(got.indices(), want.indices(), "every image exactly once");
+    for i in want.indices() {
+        assert_eq!(
+            got.require(i).expect("merged"),
+            want.require(i).expect("reference"),
+            "image {i}"
+        );
+    }
+    eprintln!(
+        "preemption past the window: {:.1} s, {partial} images stored before the requeue",
+        t0.elapsed().as_secs_f64()
+    );
+}

@@ -179,11 +179,8 @@ fn scheduling(workers: u64, shards: u64) -> (f64, f64, u64) {
     let shard_size = 4;
     let t0 = Instant::now();
     let config = CoordConfig {
-        num_images: shards * shard_size,
-        shard_size,
-        lease: Duration::from_secs(30),
         speculate_after: Some(Duration::from_secs(60)),
-        max_shard_failures: 3,
+        ..CoordConfig::new(shards * shard_size, shard_size)
     };
     let mut coord = Coord::new(t0, config, std::iter::empty());
     let mut inputs = 0u64;
@@ -224,6 +221,7 @@ fn scheduling(workers: u64, shards: u64) -> (f64, f64, u64) {
                                 msg: ToLeader::Result {
                                     shard_id,
                                     index,
+                                    identity: [0; 32],
                                     payload: Vec::new(),
                                 },
                             });

@@ -75,6 +75,16 @@ impl ExecError {
 /// Results must be a deterministic function of `(job_spec, index)`: a shard can be
 /// run twice (reassignment, speculation) and the first copy of each image wins.
 pub trait Executor: Send + 'static {
+    /// Opens what `job_spec` describes (model, dataset) and returns the content
+    /// hashes of what it opened, computed here, on this node. The worker calls it
+    /// once per connection, before any shard, and is admitted only if the result
+    /// equals the job's identity. Cache the opened state keyed by the spec text.
+    /// The default has no inputs to hash (synthetic executors).
+    fn prepare(&mut self, job_spec: &str) -> Result<crate::proto::Identity, ExecError> {
+        let _ = job_spec;
+        Ok(crate::proto::Identity { parts: Vec::new() })
+    }
+
     /// Processes `shard_indices`, emitting one result per image. See the trait docs.
     fn run(
         &mut self,

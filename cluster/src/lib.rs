@@ -22,4 +22,4 @@ pub mod proto;
 pub mod sink;
 
 pub use exec::{EmitError, ExecError, Executor};
-pub use sink::{ResultSink, SinkError};
+pub use sink::{PayloadCheck, ResultSink, SinkError};

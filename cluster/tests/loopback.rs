@@ -33,13 +33,6 @@ fn assert_store_complete(path: &std::path::Path, n: u64, payload_len: usize) -> 
     Ok(())
 }
 
-fn worker_config(dir: &std::path::Path, name: &str, addr: std::net::SocketAddr) -> WorkerConfig {
-    let mut wc = WorkerConfig::new(dir, name);
-    wc.leader_addr = Some(addr);
-    wc.idle_timeout = Duration::from_secs(5);
-    wc
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_local_workers_store_each_index_exactly_once() -> TestResult {
     init_tracing();
@@ -148,6 +141,7 @@ async fn a_silent_worker_loses_its_lease_and_its_late_results_count_once() -> Te
     })
     .await?;
     assert!(matches!(raw.recv().await, Some(ToWorker::Welcome { .. })));
+    raw.send(&ready()).await?;
     raw.send(&ToLeader::RequestShard).await?;
     let Some(ToWorker::Assign {
         shard_id: 0,
@@ -161,6 +155,7 @@ async fn a_silent_worker_loses_its_lease_and_its_late_results_count_once() -> Te
     raw.send(&ToLeader::Result {
         shard_id: 0,
         index: 0,
+        identity: NO_IDENTITY,
         payload: payload(0, 56),
     })
     .await?;
@@ -169,7 +164,8 @@ async fn a_silent_worker_loses_its_lease_and_its_late_results_count_once() -> Te
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = status.status().await.ok_or("leader gone")?;
-        if s.workers.iter().all(|w| w.leased.is_empty()) && s.images_done == 1 {
+        let accepted = s.workers.iter().map(|w| w.images_accepted).sum::<u64>();
+        if s.workers.iter().all(|w| w.leased.is_empty()) && accepted == 1 {
             break;
         }
         assert!(
@@ -183,17 +179,28 @@ async fn a_silent_worker_loses_its_lease_and_its_late_results_count_once() -> Te
     raw.send(&ToLeader::Result {
         shard_id: 0,
         index: 1,
+        identity: NO_IDENTITY,
         payload: payload(1, 56),
     })
     .await?;
     raw.send(&ToLeader::Result {
         shard_id: 0,
         index: 0,
+        identity: NO_IDENTITY,
         payload: payload(0, 56),
     })
     .await?;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while status.status().await.ok_or("leader gone")?.images_done < 2 {
+    while status
+        .status()
+        .await
+        .ok_or("leader gone")?
+        .workers
+        .iter()
+        .map(|w| w.images_accepted)
+        .sum::<u64>()
+        < 2
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "late result not accepted"
@@ -261,7 +268,10 @@ async fn forged_and_broken_peers_are_refused_while_a_good_worker_finishes() -> T
     let Some(ToWorker::Reject { reason }) = p.recv().await else {
         panic!("wrong version not rejected")
     };
-    assert!(reason.contains("protocol version 2"), "{reason}");
+    assert!(
+        reason.contains(&format!("protocol version {}", PROTOCOL_VERSION + 1)),
+        "{reason}"
+    );
     // 3. Garbage first frame.
     let mut p = RawPeer::connect(addr, cert.clone()).await?;
     p.send_bytes(&[0, 0, 0, 5, 0xFF, 0xFE, 0xFD, 0xFC, 0xFB])
@@ -281,6 +291,7 @@ async fn forged_and_broken_peers_are_refused_while_a_good_worker_finishes() -> T
     let mut p = RawPeer::connect(addr, cert.clone()).await?;
     p.send(&hello(PROTOCOL_VERSION, &secret)).await?;
     assert!(matches!(p.recv().await, Some(ToWorker::Welcome { .. })));
+    p.send(&ready()).await?;
     p.send_bytes(&[0, 0, 0, 2, 0xEE, 0xEE]).await?;
     let reject = loop {
         match p.recv().await {

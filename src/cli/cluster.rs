@@ -23,6 +23,15 @@ pub struct LeaderTuning {
     /// cluster it must be on storage every node sees. Default: `<store>.job`.
     #[arg(long)]
     pub job_dir: Option<PathBuf>,
+    /// A worker that fails this many shards in a row is quarantined (unless the same
+    /// shards failed on other workers too); `status` shows why, `status --lift`
+    /// lifts it.
+    #[arg(long, default_value_t = 2)]
+    pub quarantine_after: u32,
+    /// Seconds a shard that failed on every connected worker waits for another
+    /// worker before the job fails (a shard failing on 3 workers fails it at once).
+    #[arg(long, default_value_t = 300)]
+    pub failure_grace_secs: u64,
 }
 
 impl LeaderTuning {
@@ -31,6 +40,8 @@ impl LeaderTuning {
             shard_size: self.shard_size,
             lease_secs: self.lease_secs,
             job_dir: self.job_dir.clone(),
+            quarantine_after: self.quarantine_after,
+            failure_grace_secs: self.failure_grace_secs,
         }
     }
 }
@@ -69,6 +80,10 @@ pub struct LeaderArgs {
     /// Result store directory (overrides the job's `out`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write the job report (counters, per-shard assignments, lapsed leases,
+    /// dropped duplicates, failures, quarantines) as JSON to this file at the end.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: LeaderTuning,
 }
@@ -98,8 +113,8 @@ pub struct WorkerArgs {
     pub threads: Option<i32>,
 }
 
-/// Show a running job's progress: shards done/leased/pending, images/s, ETA, and
-/// per-worker throughput.
+/// Show a running job's progress: shards done/leased/pending, images/s, ETA,
+/// per-worker throughput, and quarantined workers with the reason.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[arg(long)]
@@ -107,6 +122,9 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Lift the quarantine of the worker with this name first (it may rejoin).
+    #[arg(long, value_name = "NAME")]
+    pub lift: Option<String>,
 }
 
 fn read_job(path: &Path, out: Option<&PathBuf>) -> anyhow::Result<(SisJob, String)> {
@@ -158,6 +176,11 @@ pub fn run_leader(args: LeaderArgs) -> anyhow::Result<()> {
         );
         leader.run().await.map_err(anyhow::Error::from)
     })?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing the job report {}", path.display()))?;
+    }
     println!(
         "job done: {} of {} images, {} refused connection(s), {:.1} s",
         report.status.images_done, report.status.images_total, report.refused, report.elapsed_s
@@ -198,7 +221,11 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     let status = rt
-        .block_on(net::query_status(&args.job_dir, None))
+        .block_on(net::query_status_lifting(
+            &args.job_dir,
+            None,
+            args.lift.clone(),
+        ))
         .with_context(|| format!("asking the leader of {}", args.job_dir.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -218,6 +245,9 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     );
     for w in &status.workers {
         println!("  {}", serde_json::to_string(w)?);
+    }
+    for q in &status.quarantined {
+        println!("  quarantined {}: {}", q.name, q.reason);
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 
 use crate::data::Split;
 use crate::job::SisJob;
-use crate::sis::{Method, SisParams};
+use crate::sis::{Method, Objective, SisParams};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MethodArg {
@@ -41,6 +41,11 @@ pub struct SisArgs {
     pub split: String,
     #[arg(long, value_enum, default_value = "exact")]
     pub method: MethodArg,
+    /// What BackSelect ranks candidates by: log-odds (L = logsumexp over j≠c of
+    /// z_j − z_c, from the logits; does not saturate) or confidence (the softmax f
+    /// itself, the paper's literal form, which rounds to 1.0 for confident models).
+    #[arg(long, default_value = "log-odds")]
+    pub objective: Objective,
     /// Pixels removed per step (gradient method; the paper uses 100 on ImageNet).
     #[arg(long, default_value_t = 1)]
     pub k: u32,
@@ -97,6 +102,7 @@ impl SisArgs {
             end: self.end,
             sis: SisParams {
                 method,
+                objective: self.objective,
                 thresholds: self.thresholds.clone(),
                 batch_size: self.batch,
                 candidate_batch: self.candidate_batch,

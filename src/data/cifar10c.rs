@@ -179,11 +179,14 @@ impl Cifar10c {
         let per_severity = rows / NUM_SEVERITIES as usize;
 
         let mut files = Vec::with_capacity(corruptions.len());
+        // Content hashes of the files read (cached by path, size, mtime and inode).
+        let mut rels = vec![LABELS_FILE.to_string()];
+        rels.extend(corruptions.iter().map(|c| format!("{c}.npy")));
+        let file_hashes = super::content_hash::hash_files(dir, &rels)?;
         let mut hasher = Sha256::new();
-        hasher.update(format!(
-            "{LABELS_FILE} {}\n",
-            labels_file.header().data_bytes()
-        ));
+        for (rel, sha) in rels.iter().zip(&file_hashes) {
+            hasher.update(format!("{rel} {sha}\n"));
+        }
         for c in &corruptions {
             let path = dir.join(format!("{c}.npy"));
             let file = NpyFile::open(&path)?;
@@ -198,7 +201,6 @@ impl Cifar10c {
                     ),
                 });
             }
-            hasher.update(format!("{c}.npy {}\n", h.data_bytes()));
             files.push(file);
         }
 

@@ -116,7 +116,8 @@ pub struct ImageNet {
     bad: Mutex<Vec<BadFile>>,
     /// `imagenet/<split>/<crop>`.
     name: String,
-    /// SHA-256 of the file list with sizes, computed while scanning.
+    /// SHA-256 over every file's relative path and content hash
+    /// ([`super::content_hash`], cached by path, size, mtime and inode).
     hash: String,
 }
 
@@ -212,7 +213,6 @@ impl ImageNet {
 
         let mut entries = Vec::new();
         let mut bad = Vec::new();
-        let mut hasher = Sha256::new();
         for (label, (wnid, files)) in classes.iter().zip(listings).enumerate() {
             for (file, size) in files {
                 let rel = format!("{wnid}/{file}");
@@ -237,12 +237,17 @@ impl ImageNet {
                         }
                     }
                 }
-                hasher.update(format!("{rel} {size}\n"));
                 entries.push(Entry {
                     rel,
                     label: label as u16,
                 });
             }
+        }
+        let rels: Vec<String> = entries.iter().map(|e| e.rel.clone()).collect();
+        let file_hashes = super::content_hash::hash_files(&dir, &rels)?;
+        let mut hasher = Sha256::new();
+        for (rel, sha) in rels.iter().zip(&file_hashes) {
+            hasher.update(format!("{rel} {sha}\n"));
         }
         let hash = hex::encode(hasher.finalize());
         Ok(Self {

@@ -17,6 +17,7 @@
 
 pub mod cifar10;
 pub mod cifar10c;
+pub mod content_hash;
 pub mod idx;
 pub mod imagenet;
 pub mod memory;
@@ -180,7 +181,8 @@ pub trait ImageSource: Send + Sync {
     /// Writes the `u8` CHW pixels of `indices`, one image after the other, into `out`
     /// (`out.len() == indices.len() * C*H*W`).
     fn read_pixels(&self, indices: &[usize], out: &mut [u8]) -> Result<(), DataError>;
-    /// A hash of the split's content (or, for huge data, of its file list and sizes),
+    /// A hash of the split's content (for folders of files, of every file's bytes,
+    /// through the cache of [`content_hash`]),
     /// recorded in checkpoint configs so an artifact says what it was made from.
     fn content_hash(&self) -> String;
     /// A group key for per-group evaluation: `"<corruption>/<severity>"` (e.g.

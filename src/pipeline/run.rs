@@ -115,7 +115,9 @@ pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<Path
                 sis: params,
             };
             let key = ("sis", &job, crate::job::model_fingerprint(&model)?);
-            let (dir, ()) = stages.run(&format!("sis-{}-{split}", m.name), &key, |dir| {
+            let stage = format!("sis-{}-{split}", m.name);
+            let (dir, ()) = stages.run(&stage, &key, |dir| {
+                stages::note_other_objectives(&stages.root, &stage, job.sis.objective);
                 let job = SisJob {
                     out: dir.join("store"),
                     ..job.clone()
@@ -458,7 +460,7 @@ fn heatmaps(model: &str, records: &[ImageSis], q: f64) -> Vec<Heatmap> {
     let (h, w) = (first.height as usize, first.width as usize);
     let mut by_class: BTreeMap<Option<i64>, (Vec<f32>, usize)> = BTreeMap::new();
     for r in records {
-        let kept = crate::store::top_fraction(&r.removal_step, q);
+        let kept = r.top_fraction(q);
         for class in [None, Some(r.predicted)] {
             let entry = by_class
                 .entry(class)

@@ -111,6 +111,43 @@ pub fn sis_split(job: &SisJob, workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Warns about stages `root/stages/<name>-<hash>` whose key names another BackSelect
+/// objective than `objective` (or none: made before the objective was recorded, so
+/// `confidence`). Their results are not reused — the objective is part of the key, so
+/// this stage is computed afresh in its own directory — and the message says why.
+pub fn note_other_objectives(root: &Path, name: &str, objective: crate::sis::Objective) {
+    let Ok(entries) = std::fs::read_dir(root.join("stages")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let hash = file_name
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'));
+        if hash.is_none_or(|h| h.contains('-')) {
+            continue;
+        }
+        let key = std::fs::read(entry.path().join("key.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let Some(key) = key else { continue };
+        let found = key
+            .pointer("/1/sis/objective")
+            .and_then(|v| v.as_str())
+            .unwrap_or("confidence");
+        if found != objective.as_str() {
+            tracing::warn!(
+                stage = name,
+                old = %entry.path().display(),
+                old_objective = found,
+                objective = %objective,
+                "a SIS stage made with another BackSelect objective exists; its results are \
+                 not reused and this stage is recomputed"
+            );
+        }
+    }
+}
+
 /// Opens a split of the pipeline's dataset.
 pub fn open_split(spec: &str, split: Split) -> anyhow::Result<Box<dyn ImageSource>> {
     let spec: data::DatasetSpec = spec.parse().with_context(|| format!("data {spec}"))?;

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::exact::exact_backselect;
 use super::gradient::gradient_backselect;
-use super::{BackSelectTrace, ImageSis, Method, SisCollection, SisError, SisParams};
+use super::{BackSelectTrace, ImageSis, Method, Objective, SisCollection, SisError, SisParams};
 use crate::data::{self, ImageSource};
 use crate::models::Classifier;
 
@@ -90,6 +90,29 @@ impl<'a> Evaluator<'a> {
             .f_gather(1, &targets.f_unsqueeze(1)?, false)?
             .f_squeeze_dim(1)?;
         Ok((f, finite))
+    }
+
+    /// `f` as [`Self::confidence_deferred`] gives it and, when `log_odds` names a
+    /// float kind, `L = logsumexp_{j≠c}(z_j − z_c)` computed in that kind from the
+    /// same logits (see [`super::objective`]); plus the deferred finiteness flag.
+    pub fn confidence_and_log_odds_deferred(
+        &self,
+        xs: &Tensor,
+        targets: &Tensor,
+        images: &[u64],
+        log_odds: Option<Kind>,
+    ) -> Result<(Tensor, Option<Tensor>, Tensor), SisError> {
+        let logits = self.logits(xs, images)?;
+        let finite = logits.f_isfinite()?.f_all()?;
+        let f = logits
+            .f_softmax(-1, Kind::Float)?
+            .f_gather(1, &targets.f_unsqueeze(1)?, false)?
+            .f_squeeze_dim(1)?;
+        let l = match log_odds {
+            Some(kind) => Some(super::objective::log_odds(&logits, targets, kind)?),
+            None => None,
+        };
+        Ok((f, l, finite))
     }
 
     /// Like [`Self::confidence_deferred`] but checks finiteness at once.
@@ -492,6 +515,7 @@ pub fn sis_batch(
             height: h as u32,
             width: w as u32,
             removal_step: first[img].removal_step(p),
+            rank_in_block: first[img].rank_in_block(p),
             confidence_history: first[img].history.clone(),
             collections,
         });
@@ -591,9 +615,10 @@ fn backselect(
     params: &SisParams,
     input: &BackSelectInput,
 ) -> Result<Vec<BackSelectTrace>, SisError> {
+    let objective: Objective = params.objective;
     match params.method {
-        Method::Exact => exact_backselect(eval, input, params.candidate_batch, None),
-        Method::Gradient { k } => gradient_backselect(eval, input, k, None),
+        Method::Exact => exact_backselect(eval, input, objective, params.candidate_batch, None),
+        Method::Gradient { k } => gradient_backselect(eval, input, objective, k, None),
     }
 }
 

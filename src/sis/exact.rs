@@ -1,25 +1,30 @@
 //! Exact BackSelect (Carter et al. 2019): at every step, try removing each
-//! remaining pixel and keep the removal that leaves the highest `f`.
+//! remaining pixel and keep the removal that leaves the highest `f` — by default
+//! compared as the smallest `L = logsumexp_{j≠c}(z_j − z_c)` in float64 from the fp32
+//! logits, which still orders candidates where an fp32 `f` rounds to 1.0 for all of
+//! them ([`Objective`]).
 //!
 //! Candidates of all images of a call are pooled into one list and evaluated in
 //! forwards of `candidate_batch` masked images under `no_grad`. A batch is built
 //! with three tensor ops (gather the current images, knock one pixel out of a block
 //! of ones with a scatter, one broadcast multiply); the only per-step host work is
-//! the argmax over the returned confidences and the bookkeeping of which pixels
+//! the arg-best over the returned scores and the bookkeeping of which pixels
 //! remain.
 
 use tch::{Device, Kind, Tensor};
 
 use super::engine::{BackSelectInput, Evaluator, Health};
-use super::{BackSelectTrace, SisError};
+use super::{BackSelectTrace, Objective, SisError};
 
 /// Runs exact BackSelect for every job of `input` (job `j`: image `xs[j]`, pixels
 /// `present[j]` present, target class `targets[j]`), one pixel per step until
 /// none remain, or for at most `max_steps` steps (for benchmarks; the traces are
-/// then partial). Ties in `f` go to the lowest pixel index.
+/// then partial). Candidates are compared by `objective`; exact ties go to the
+/// lowest pixel index. The history records `f` (fp32 softmax) of each chosen state.
 pub fn exact_backselect(
     eval: &Evaluator,
     input: &BackSelectInput,
+    objective: Objective,
     candidate_batch: usize,
     max_steps: Option<usize>,
 ) -> Result<Vec<BackSelectTrace>, SisError> {
@@ -80,6 +85,8 @@ pub fn exact_backselect(
         let job_t = Tensor::from_slice(&job_idx).f_to_device(device)?;
         let pix_t = Tensor::from_slice(&pix_idx).f_to_device(device)?;
         let mut confidences = Vec::with_capacity(total.div_ceil(candidate_batch as usize));
+        let mut log_odds = Vec::with_capacity(confidences.capacity());
+        let l_kind = (objective == Objective::LogOdds).then_some(Kind::Double);
         let mut start = 0i64;
         while start < total as i64 {
             let len = candidate_batch.min(total as i64 - start);
@@ -93,16 +100,23 @@ pub fn exact_backselect(
                 .f_index_select(0, &jb)?
                 .f_mul(&knock.f_view([len, 1, h, w])?)?;
             let tb = targets.f_index_select(0, &jb)?;
-            let (f, finite) = eval.confidence_deferred(&cand, &tb, input.images)?;
+            let (f, l, finite) =
+                eval.confidence_and_log_odds_deferred(&cand, &tb, input.images, l_kind)?;
             health.note(finite)?;
             confidences.push(f);
+            log_odds.extend(l);
             start += len;
         }
         let f_all: Vec<f32> =
             Vec::<f32>::try_from(Tensor::f_cat(&confidences, 0)?.f_to_device(Device::Cpu)?)?;
+        let l_all: Vec<f64> = if log_odds.is_empty() {
+            Vec::new()
+        } else {
+            Vec::<f64>::try_from(Tensor::f_cat(&log_odds, 0)?.f_to_device(Device::Cpu)?)?
+        };
         health.check(eval, "logits")?;
 
-        // Argmax per job (first maximum = lowest pixel index), then remove it.
+        // Best per job (the first best = lowest pixel index), then remove it.
         let mut removed_flat = Vec::with_capacity(jobs);
         let mut offset = 0usize;
         for (j, rem) in remaining.iter_mut().enumerate() {
@@ -111,13 +125,11 @@ pub fn exact_backselect(
                 continue;
             }
             let seg = &f_all[offset..offset + n];
+            let best = match objective {
+                Objective::LogOdds => first_min(&l_all[offset..offset + n]),
+                Objective::Confidence => first_max(seg),
+            };
             offset += n;
-            let mut best = 0usize;
-            for (i, &f) in seg.iter().enumerate().skip(1) {
-                if f > seg[best] {
-                    best = i;
-                }
-            }
             let q = rem.remove(best);
             let trace = &mut traces[j];
             trace.order.push(q);
@@ -133,4 +145,26 @@ pub fn exact_backselect(
         step += 1;
     }
     Ok(traces)
+}
+
+/// Position of the first smallest value (so ties go to the lowest pixel index).
+fn first_min(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if v < values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Position of the first largest value.
+fn first_max(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
 }

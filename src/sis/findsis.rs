@@ -16,7 +16,8 @@ use super::{Evaluator, SisError};
 /// blocks, and the confidence after each block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackSelectTrace {
-    /// Pixels in removal order (within a block, ascending pixel index).
+    /// Pixels in removal order; within a block of the gradient method, in
+    /// descending score (the order `k = 1` steps would remove them in).
     pub order: Vec<u32>,
     /// `block_ends[s]`: end of block `s` in `order` (block `s` is
     /// `order[block_ends[s-1]..block_ends[s]]`). Exact BackSelect has blocks of 1.
@@ -66,6 +67,28 @@ impl BackSelectTrace {
     /// The SIS for `threshold` read from the history (see [`Self::restored_blocks`]).
     pub fn find_sis(&self, threshold: f32) -> Vec<u32> {
         self.last_blocks(self.restored_blocks(threshold))
+    }
+
+    /// Per-pixel rank inside its block (position in `order` minus the block's
+    /// start) over an image of `pixels` pixels; empty when every block has one
+    /// pixel, as [`super::ImageSis::rank_in_block`] stores it. Pixels this
+    /// BackSelect never saw get 0.
+    pub fn rank_in_block(&self, pixels: usize) -> Vec<u32> {
+        let mut start = 0usize;
+        let mut rank = Vec::new();
+        for &end in &self.block_ends {
+            let block = &self.order[start..end as usize];
+            if block.len() > 1 {
+                if rank.is_empty() {
+                    rank = vec![0u32; pixels];
+                }
+                for (r, &q) in block.iter().enumerate() {
+                    rank[q as usize] = r as u32;
+                }
+            }
+            start = end as usize;
+        }
+        rank
     }
 
     /// Per-pixel removal step over an image of `pixels` pixels; pixels this

@@ -1,29 +1,40 @@
 //! Batched Gradient BackSelect (paper S5).
 //!
 //! The mask `M` (1 = masked) starts at the pixels already absent. Each step runs one
-//! forward of `x ⊙ (1−M)` for the whole mini-batch and one backward of `Σ f` to `M`
-//! only (`run_backward` with `M` as the sole input: no parameter gradient is
-//! computed or accumulated), adds seeded Gaussian noise of std 1e-6 to break ties,
-//! and masks the `k` unmasked pixels with the largest gradient: by first order, the
-//! pixels whose masking raises `f` most (lowers it least). Everything stays on the
-//! device until the run ends; the host reads the removal steps and the confidence
-//! history once.
+//! forward of `x ⊙ (1−M)` for the whole mini-batch and one backward to `M` only
+//! (`run_backward` with `M` as the sole input: no parameter gradient is computed or
+//! accumulated), adds seeded Gaussian noise of std 1e-6 to break ties, and masks the
+//! `k` unmasked pixels with the largest score: by first order, the pixels whose
+//! masking raises `f` most (lowers it least).
+//!
+//! The score is `−∇_M Σ L` by default ([`Objective::LogOdds`]): per image it orders
+//! pixels exactly as the paper's `∇_M f` does (`∇f = −f(1−f)·∇L`) but keeps its
+//! magnitude where an fp32 `f` saturates at 1 and `∇f` vanishes. The noise is added
+//! to `−∇L`, so relative to the gradient it is the paper's noise scaled by
+//! `1/(f(1−f))`: it decides near-ties, not the order. Inside a block, pixels count
+//! as removed in descending score (the rank recorded per pixel), as `k = 1` steps
+//! would remove them.
+//!
+//! Everything stays on the device until the run ends; the host reads the removal
+//! steps, ranks and the confidence history once.
 
 use tch::{Device, Kind, Tensor};
 
 use super::engine::{BackSelectInput, Evaluator, Health};
-use super::{BackSelectTrace, SisError};
+use super::{BackSelectTrace, Objective, SisError};
 
 /// Standard deviation of the tie-break noise added to the mask gradient (S5).
 pub const TIE_NOISE_STD: f64 = 1e-6;
 
 /// Runs Batched Gradient BackSelect with `k` pixels per step for every job of
 /// `input` together. All jobs lose `k` pixels per step; a job with fewer present
-/// pixels than the others finishes earlier and then sits fully masked.
-/// `max_steps` cuts the run short (benchmarks; traces are then partial).
+/// pixels than the others finishes earlier and then sits fully masked. Pixels are
+/// scored by `objective` (see the module doc). `max_steps` cuts the run short
+/// (benchmarks; traces are then partial).
 pub fn gradient_backselect(
     eval: &Evaluator,
     input: &BackSelectInput,
+    objective: Objective,
     k: u32,
     max_steps: Option<usize>,
 ) -> Result<Vec<BackSelectTrace>, SisError> {
@@ -49,6 +60,9 @@ pub fn gradient_backselect(
     let mut mask = present.f_neg()?.f_add_scalar(1.0)?;
     // Step at which each pixel was removed; -1 = not removed by this run.
     let mut step_of = Tensor::f_full([jobs as i64, p], -1i64, (Kind::Int64, device))?;
+    // Rank inside the step's block: 0 = highest score = counted as removed first.
+    let mut rank_of = Tensor::f_zeros([jobs as i64, p], (Kind::Int64, device))?;
+    let l_kind = (objective == Objective::LogOdds).then_some(Kind::Float);
     let noise = TieNoise::new(p, device)?;
     let mut history: Vec<Tensor> = Vec::with_capacity(steps + 1);
 
@@ -59,9 +73,13 @@ pub fn gradient_backselect(
         let (f, total) = tch::with_grad(|| -> Result<(Tensor, Tensor), SisError> {
             let keep = m_var.f_neg()?.f_add_scalar(1.0)?;
             let xm = input.xs.f_mul(&keep.f_view([jobs as i64, 1, h, w])?)?;
-            let (f, finite) = eval.confidence_deferred(&xm, &targets, input.images)?;
+            let (f, l, finite) =
+                eval.confidence_and_log_odds_deferred(&xm, &targets, input.images, l_kind)?;
             health.note(finite)?;
-            let total = f.f_sum(Kind::Float)?;
+            let total = match l {
+                Some(l) => l.f_sum(Kind::Float)?,
+                None => f.f_sum(Kind::Float)?,
+            };
             Ok((f, total))
         })?;
         if t > 0 {
@@ -78,6 +96,11 @@ pub fn gradient_backselect(
             .iter()
             .map(|&key| step_key(key, t as u64))
             .collect();
+        // Larger score = masking the pixel raises f more: −∇L, or ∇f.
+        let grad = match objective {
+            Objective::LogOdds => grad.f_neg()?,
+            Objective::Confidence => grad,
+        };
         let score = grad
             .f_add(&noise.sample(&keys)?.f_mul_scalar(TIE_NOISE_STD)?)?
             .f_masked_fill(&mask.f_gt(0.5)?, f64::NEG_INFINITY)?;
@@ -95,6 +118,13 @@ pub fn gradient_backselect(
             &Tensor::f_scalar_tensor(t as i64, (Kind::Int64, device))?,
         )?;
         step_of = step_of.f_scatter(1, &idx, &new)?;
+        // topk sorted its columns by descending score: column j is rank j.
+        let cols = Tensor::f_arange(take, (Kind::Int64, device))?
+            .f_unsqueeze(0)?
+            .f_expand([jobs as i64, take], false)?;
+        let old_rank = rank_of.f_gather(1, &idx, false)?;
+        let new_rank = old_rank.f_where_self(&valid.f_logical_not()?, &cols)?;
+        rank_of = rank_of.f_scatter(1, &idx, &new_rank)?;
     }
     // f once the last block is masked: one more forward, no gradient.
     if steps > 0 {
@@ -115,6 +145,8 @@ pub fn gradient_backselect(
     // One transfer each for the steps and the history.
     let step_host: Vec<i64> =
         Vec::<i64>::try_from(step_of.f_to_device(Device::Cpu)?.f_view([-1])?)?;
+    let rank_host: Vec<i64> =
+        Vec::<i64>::try_from(rank_of.f_to_device(Device::Cpu)?.f_view([-1])?)?;
     let hist_host: Vec<f32> = if history.is_empty() {
         Vec::new()
     } else {
@@ -128,18 +160,19 @@ pub fn gradient_backselect(
     let mut traces = Vec::with_capacity(jobs);
     for j in 0..jobs {
         let job_steps = (((counts[j] + k - 1) / k) as usize).min(steps);
-        let row = &step_host[j * p as usize..(j + 1) * p as usize];
-        let mut removed: Vec<(i64, u32)> = row
+        let row = j * p as usize..(j + 1) * p as usize;
+        let mut removed: Vec<(i64, i64, u32)> = step_host[row.clone()]
             .iter()
+            .zip(&rank_host[row])
             .enumerate()
-            .filter(|(_, &s)| s >= 0)
-            .map(|(q, &s)| (s, q as u32))
+            .filter(|(_, (&s, _))| s >= 0)
+            .map(|(q, (&s, &r))| (s, r, q as u32))
             .collect();
         removed.sort_unstable();
-        let order: Vec<u32> = removed.iter().map(|&(_, q)| q).collect();
+        let order: Vec<u32> = removed.iter().map(|&(_, _, q)| q).collect();
         let mut block_ends = Vec::with_capacity(job_steps);
-        for (i, &(s, _)) in removed.iter().enumerate() {
-            if removed.get(i + 1).is_none_or(|&(next, _)| next != s) {
+        for (i, &(s, _, _)) in removed.iter().enumerate() {
+            if removed.get(i + 1).is_none_or(|&(next, _, _)| next != s) {
                 block_ends.push(i as u32 + 1);
             }
         }

@@ -9,6 +9,8 @@
 //!   largest mask gradient, one backward per step for a whole mini-batch.
 //! - [`findsis`]: FindSIS from the recorded confidence history (no model calls)
 //!   and the explicit pop-and-re-evaluate form of S5 it is checked against.
+//! - [`objective`]: what candidates are compared by: `L = logsumexp_{j≠c}(z_j − z_c)`
+//!   (default), which does not saturate where an fp32 `f` rounds to 1.
 //! - [`engine`]: [`run_sis`], which turns image indices of a dataset into
 //!   [`ImageSis`] records, SIS collections included, and streams them out.
 
@@ -18,11 +20,13 @@ pub mod engine;
 pub mod exact;
 pub mod findsis;
 pub mod gradient;
+pub mod objective;
 #[cfg(test)]
 mod tests;
 
 pub use engine::{run_sis, sis_batch, Evaluator, SisRunSummary};
 pub use findsis::{find_sis, find_sis_by_reevaluation, BackSelectTrace};
+pub use objective::Objective;
 
 /// Everything the engine learns about one image; what the result store keeps and
 /// what a cluster worker streams back.
@@ -43,6 +47,15 @@ pub struct ImageSis {
     /// Exact BackSelect removes one pixel per step; Batched Gradient removes `k`,
     /// so `k` pixels share a step. The last pixels removed are the most important.
     pub removal_step: Vec<u32>,
+    /// For each pixel, its rank inside the block removed at its step: 0 for the
+    /// pixel with the highest score (`−∇L` plus noise), counted as removed first,
+    /// as `k = 1` steps would have removed it; the block's lowest score is kept
+    /// longest. Sorting by `(removal_step, rank_in_block)` gives the total removal
+    /// order, which decides where a subset fraction cuts a block. Empty when no
+    /// block holds more than one pixel (exact BackSelect, `k = 1`) or nothing was
+    /// recorded (stores of format 1): pixels of a block then follow by index.
+    #[serde(default)]
+    pub rank_in_block: Vec<u32>,
     /// `f` after each step: `confidence_history[s]` is the confidence once the
     /// pixels of steps `0..=s` are masked. Its length is the number of steps.
     pub confidence_history: Vec<f32>,
@@ -63,6 +76,18 @@ impl ImageSis {
             threshold,
         )
     }
+
+    /// The pixels in removal order, first removed first (see
+    /// [`crate::store::removal_order`]).
+    pub fn removal_order(&self) -> Vec<u32> {
+        crate::store::removal_order(&self.removal_step, &self.rank_in_block)
+    }
+
+    /// The backselect subset of fraction `q`: the `⌈q·p⌉` pixels removed last, sorted
+    /// by pixel index (see [`crate::store::top_fraction`]). `q` must lie in `[0, 1]`.
+    pub fn top_fraction(&self, q: f64) -> Vec<u32> {
+        crate::store::top_fraction(&self.removal_step, &self.rank_in_block, q)
+    }
 }
 
 /// The disjoint SISes found for one threshold τ.
@@ -77,10 +102,11 @@ pub struct SisCollection {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Method {
     /// Carter et al. 2019: at each step try removing every remaining pixel and keep
-    /// the removal that leaves the highest `f`. Exact, `p(p+1)/2` forwards per
-    /// BackSelect, so meant for CIFAR-size images.
+    /// the removal that leaves the highest `f` (the smallest `L`, see [`Objective`]).
+    /// Exact, `p(p+1)/2` forwards per BackSelect, so meant for CIFAR-size images.
     Exact,
-    /// Paper S5: remove the `k` pixels with the largest `∇_M f(x ⊙ (1−M))` per
+    /// Paper S5: remove the `k` pixels with the largest `∇_M f(x ⊙ (1−M))` (by
+    /// default the largest `−∇_M L`, same order per image, see [`Objective`]) per
     /// step; `⌈p/k⌉` forward+backward passes per BackSelect.
     Gradient {
         /// Pixels removed per step (the paper uses 100 on ImageNet).
@@ -95,6 +121,10 @@ pub enum Method {
 pub struct SisParams {
     /// Exact or Batched Gradient BackSelect.
     pub method: Method,
+    /// What candidates are ranked by: `log-odds` (`L`, default) or `confidence`
+    /// (`f`, the paper's literal form, which saturates). Fixed by the job: every
+    /// worker and every resume of a store must use the same one.
+    pub objective: Objective,
     /// SIS thresholds τ, each in `(0, 1]`; one [`SisCollection`] per entry, in
     /// this order.
     pub thresholds: Vec<f32>,
@@ -105,9 +135,11 @@ pub struct SisParams {
     /// verification forwards. Sized to the device's memory: activations of this
     /// many images must fit.
     pub candidate_batch: usize,
-    /// Seeds the Gaussian tie-break noise of Batched Gradient BackSelect. The noise
-    /// of a pixel depends only on (seed, image index, round, step, pixel), so a
-    /// result does not depend on which other images share its mini-batch.
+    /// Seeds the Gaussian tie-break noise (std 1e-6) of Batched Gradient BackSelect.
+    /// The noise of a pixel depends only on (seed, image index, round, step, pixel),
+    /// so a result does not depend on which other images share its mini-batch. It is
+    /// added to `−∇L`: relative to the gradient it is the paper's noise on `∇f`
+    /// scaled by `1/(f(1−f))`, so it decides near-ties only, not the whole order.
     pub seed: u64,
     /// Find the whole SIS collection (repeat on the remaining pixels until
     /// `f < τ`); `false` keeps only the first SIS per threshold.
@@ -122,6 +154,7 @@ impl Default for SisParams {
     fn default() -> Self {
         Self {
             method: Method::Exact,
+            objective: Objective::default(),
             thresholds: vec![0.99],
             batch_size: 32,
             candidate_batch: 256,
@@ -133,6 +166,16 @@ impl Default for SisParams {
 }
 
 impl SisParams {
+    /// The arithmetic of the model's forwards, as the store records it: `fp32`, or
+    /// `autocast` (libtorch's CUDA autocast; no effect on CPU).
+    pub fn precision(&self) -> &'static str {
+        if self.autocast {
+            "autocast"
+        } else {
+            "fp32"
+        }
+    }
+
     /// Rejects parameters the algorithms cannot run with, saying which and why.
     pub fn validate(&self) -> Result<(), SisError> {
         if let Method::Gradient { k: 0 } = self.method {

@@ -532,8 +532,8 @@ fn check_history_equals_reevaluation(method: Method, seed: u64) -> Result<usize,
         images: &[0, 1],
     };
     let traces = match method {
-        Method::Exact => exact_backselect(&eval, &input, 7, None)?,
-        Method::Gradient { k } => gradient_backselect(&eval, &input, k, None)?,
+        Method::Exact => exact_backselect(&eval, &input, Objective::LogOdds, 7, None)?,
+        Method::Gradient { k } => gradient_backselect(&eval, &input, Objective::LogOdds, k, None)?,
     };
     let mut compared = 0;
     for i in 0..2 {
@@ -714,6 +714,40 @@ proptest! {
         for (e, g) in exact[0].confidence_history.iter().zip(&grad[0].confidence_history) {
             prop_assert!((e - g).abs() < 1e-5);
         }
+    }
+
+    /// With k > 1 the in-block ranks make the gradient method's total removal order
+    /// the exact one on a linear model (the score `−∇L = ∓a_q` is the same at every
+    /// step): blocks are consecutive runs of the exact order, and inside a block the
+    /// highest score counts as removed first, as k = 1 steps would remove it.
+    #[test]
+    fn gradient_blocks_with_ranks_follow_the_exact_order_on_linear_model(
+        perm in Just((0..36).collect::<Vec<usize>>()).prop_shuffle(),
+        pixels in proptest::collection::vec(64u8..=255, 36),
+        k in 2u32..7,
+        seed in any::<u64>(),
+    ) {
+        let a: Vec<f32> = perm.iter().map(|&i| (i as f32 - 17.5) * 0.02).collect();
+        let x: Vec<f32> = pixels.iter().map(|&v| f32::from(v) / 255.0).collect();
+        let w: Vec<f32> = a.iter().zip(&x).map(|(a, x)| a / x).collect();
+        let model = LinearModel { w: Tensor::from_slice(&w), b: 0.3, hw: 6 };
+        let source = MemSource {
+            shape: [1, 6, 6],
+            pixels,
+            labels: vec![0],
+            norm: Normalization { mean: vec![0.0], std: vec![1.0] },
+        };
+        let thresholds = vec![0.5];
+        let exact = collect(&model, &source, &[0], &SisParams { thresholds: thresholds.clone(), ..SisParams::default() }).unwrap();
+        let grad = collect(&model, &source, &[0], &SisParams { method: Method::Gradient { k }, thresholds, seed, ..SisParams::default() }).unwrap();
+        let order = exact[0].removal_order();
+        prop_assert_eq!(&grad[0].removal_order(), &order);
+        for (pos, &q) in order.iter().enumerate() {
+            prop_assert_eq!(grad[0].removal_step[q as usize], pos as u32 / k);
+            prop_assert_eq!(grad[0].rank_in_block[q as usize], pos as u32 % k);
+        }
+        // So a fraction cutting a block keeps exact BackSelect's pixels: 5 of 36.
+        prop_assert_eq!(grad[0].top_fraction(5.0 / 36.0), exact[0].top_fraction(5.0 / 36.0));
     }
 }
 
@@ -995,8 +1029,8 @@ fn gradient_backselect_runs_the_same_inside_no_grad() -> Result<(), SisError> {
         noise_keys: &[1, 2],
         images: &[0, 1],
     };
-    let plain = gradient_backselect(&eval, &input, 2, None)?;
-    let guarded = tch::no_grad(|| gradient_backselect(&eval, &input, 2, None))?;
+    let plain = gradient_backselect(&eval, &input, Objective::LogOdds, 2, None)?;
+    let guarded = tch::no_grad(|| gradient_backselect(&eval, &input, Objective::LogOdds, 2, None))?;
     assert_eq!(plain, guarded);
     Ok(())
 }

@@ -7,11 +7,17 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::sis::Method;
+use crate::sis::{Method, Objective};
 
-/// Version of the on-disk layout (`meta.json`, `manifest.jsonl`, segment tensors).
-/// Bumped on any change a reader of the previous version would misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the on-disk layout (`meta.json`, `manifest.jsonl`, segment tensors)
+/// that this build writes. Bumped on any change a reader of the previous version
+/// would misread. Format 2: `removal_step` as U16 when the steps fit, a
+/// `rank_in_block` tensor, and the objective, precision and provenance in the meta.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Every format this build reads: 1 (int32 `removal_step`, no in-block rank, made
+/// with the `confidence` objective) and 2.
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 /// Identity of a store: one directory per (model, dataset split, method, parameters).
 ///
@@ -45,10 +51,96 @@ pub struct StoreMeta {
     pub num_images: u64,
     /// Seed of everything random in the run (gradient tie-break noise, input dropout).
     pub seed: u64,
+    /// What BackSelect compared candidates by. Absent in format 1, whose stores were
+    /// all made with [`Objective::Confidence`].
+    #[serde(default = "Objective::legacy")]
+    pub objective: Objective,
+    /// Arithmetic of the model's forwards: `fp32`, or `autocast` (libtorch's CUDA
+    /// autocast, fp16; no effect on CPU). Format 1 kept this as `extra.autocast`.
+    #[serde(default = "fp32")]
+    pub precision: String,
+    /// Which build, on which CPU, created the store. A record of provenance only:
+    /// not compared when a store is resumed (workers of one job differ in CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<Provenance>,
     /// Any other parameter that changes results (e.g. `precision = bf16`); compared
     /// like the named fields. Keys are sorted, so the JSON is canonical.
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
+}
+
+/// The build and machine that made something.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// `overinterp` version (Cargo package version).
+    pub overinterp: String,
+    /// libtorch version the build links.
+    pub libtorch: String,
+    /// The CPU model, from `/proc/cpuinfo` (empty where that is unreadable).
+    pub cpu: String,
+    /// The CPU's vector and matrix features that change arithmetic speed or
+    /// precision paths (AVX2, FMA, AVX-512 and its BF16/FP16 extensions, AMX, NEON,
+    /// SVE), as `/proc/cpuinfo` lists them.
+    pub cpu_features: Vec<String>,
+}
+
+/// CPU flags worth recording (x86 `flags`, Arm `Features`).
+const NOTABLE_CPU_FLAGS: &[&str] = &[
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimdhp",
+    "bf16",
+    "sve",
+    "sve2",
+];
+
+impl Provenance {
+    /// This build on this machine.
+    pub fn current() -> Self {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::from_cpuinfo(&info)
+    }
+
+    /// Parses the text of `/proc/cpuinfo` (first CPU's model and flags).
+    pub fn from_cpuinfo(info: &str) -> Self {
+        let field = |names: &[&str]| {
+            info.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    names.contains(&k.trim()).then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let flags = field(&["flags", "Features"]);
+        let present: std::collections::BTreeSet<&str> = flags.split_whitespace().collect();
+        Self {
+            overinterp: env!("CARGO_PKG_VERSION").into(),
+            libtorch: "2.11.0".into(),
+            cpu: field(&["model name", "CPU part"]),
+            cpu_features: NOTABLE_CPU_FLAGS
+                .iter()
+                .filter(|f| present.contains(*f))
+                .map(|f| f.to_string())
+                .collect(),
+        }
+    }
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 impl StoreMeta {
@@ -153,6 +245,8 @@ impl StoreMeta {
         );
         check(self.num_images == other.num_images, "num_images");
         check(self.seed == other.seed, "seed");
+        check(self.objective == other.objective, "objective");
+        check(self.precision == other.precision, "precision");
         check(self.extra == other.extra, "extra");
         out
     }
@@ -161,13 +255,15 @@ impl StoreMeta {
     pub fn describe(&self) -> String {
         let mut s = format!(
             "model `{}` (sha256 {}) on dataset `{}` (sha256 {}) split `{}`, method {}, \
-             thresholds {:?}, {} images of {}x{}, seed {}",
+             objective {}, precision {}, thresholds {:?}, {} images of {}x{}, seed {}",
             self.model,
             short(&self.model_sha256),
             self.dataset,
             short(&self.dataset_sha256),
             self.split,
             method_name(self.method),
+            self.objective,
+            self.precision,
             self.thresholds,
             self.num_images,
             self.height,
@@ -192,17 +288,22 @@ impl StoreMeta {
             .ok()
             .and_then(|v| v.get("format_version").and_then(|v| v.as_u64()));
         if let Some(found) = version {
-            if found != FORMAT_VERSION as u64 {
+            if !READABLE_VERSIONS.iter().any(|&v| u64::from(v) == found) {
                 return Err(StoreError::FormatVersion {
                     path: path.to_path_buf(),
                     found,
                 });
             }
         }
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::BadMeta {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        let mut meta: StoreMeta =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::BadMeta {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if meta.format_version == 1 && meta.extra.get("autocast").is_some_and(|a| a == "true") {
+            meta.precision = "autocast".into();
+        }
+        Ok(meta)
     }
 }
 

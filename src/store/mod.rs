@@ -94,7 +94,7 @@ use std::path::{Path, PathBuf};
 
 pub use derive::{removal_order, subset_size, top_fraction};
 pub use manifest::{ManifestEntry, MANIFEST_FILE};
-pub use meta::{StoreMeta, FORMAT_VERSION};
+pub use meta::{Provenance, StoreMeta, FORMAT_VERSION, READABLE_VERSIONS};
 pub use reader::{StoreIter, StoreReader};
 pub use segment::SEGMENT_FORMAT;
 pub use writer::{decode_payload, encode_payload, Appended, Recovery, StoreWriter};
@@ -148,15 +148,31 @@ pub enum StoreError {
     },
     /// The store was written in another layout version.
     #[error(
-        "{}: store format version {found}, but this build reads version {}; \
+        "{}: store format version {found}, but this build reads versions {:?}; \
          use the overinterp version that wrote it, or recompute into a new directory",
-        .path.display(), FORMAT_VERSION
+        .path.display(), READABLE_VERSIONS
     )]
     FormatVersion {
         /// The meta file.
         path: PathBuf,
         /// The version found.
         found: u64,
+    },
+    /// The store exists in an older format: readable, but not to be continued.
+    #[error(
+        "store {} has format version {found} (BackSelect objective {objective}); this \
+         build reads it but writes only format {} (objective and in-block ranks \
+         recorded), and results of the two must not mix in one store. Write the new \
+         results into another directory",
+        .dir.display(), FORMAT_VERSION
+    )]
+    OldFormat {
+        /// The store directory.
+        dir: PathBuf,
+        /// Its format version.
+        found: u32,
+        /// The objective its records were made with.
+        objective: crate::sis::Objective,
     },
     /// The store exists and was made from something else than what was asked for.
     #[error(
@@ -339,6 +355,8 @@ pub(crate) fn normalize_record(
             meta::method_name(meta.method)
         ));
     }
+    check_rank_in_block(&mut rec, meta)
+        .map_err(|reason| StoreError::InvalidRecord { index, reason })?;
     if rec.confidence_history.len() != steps {
         return bad(format!(
             "confidence_history has {} entries, the store expects {steps} (⌈{p}/{}⌉)",
@@ -384,4 +402,47 @@ pub(crate) fn normalize_record(
     }
     rec.collections = collections;
     Ok(rec)
+}
+
+/// A gradient store (`k > 1`) needs every pixel's rank inside its block, and inside
+/// each block the ranks must be `0..block size`, each once; with `k = 1` every block
+/// has one pixel and the rank is dropped. Call after `removal_step` is checked.
+fn check_rank_in_block(rec: &mut ImageSis, meta: &StoreMeta) -> Result<(), String> {
+    let p = meta.pixels();
+    if meta.k() <= 1 {
+        if rec.rank_in_block.iter().any(|&r| r != 0) {
+            return Err("rank_in_block is nonzero but every block has one pixel".into());
+        }
+        rec.rank_in_block.clear();
+        return Ok(());
+    }
+    if rec.rank_in_block.len() != p {
+        return Err(format!(
+            "rank_in_block has {} entries for {p} pixels (a store with k = {} orders \
+             every block)",
+            rec.rank_in_block.len(),
+            meta.k()
+        ));
+    }
+    // starts[s]: first position of step s's block in the removal order.
+    let mut starts = vec![0usize; meta.steps() + 1];
+    for &s in &rec.removal_step {
+        starts[s as usize + 1] += 1;
+    }
+    for s in 0..meta.steps() {
+        starts[s + 1] += starts[s];
+    }
+    let mut seen = vec![false; p];
+    for (q, (&s, &r)) in rec.removal_step.iter().zip(&rec.rank_in_block).enumerate() {
+        let (first, end) = (starts[s as usize], starts[s as usize + 1]);
+        let slot = first.saturating_add(r as usize);
+        if slot >= end || seen[slot] {
+            return Err(format!(
+                "pixel {q}: rank_in_block {r} is not a free rank of step {s}'s block of {}",
+                end - first
+            ));
+        }
+        seen[slot] = true;
+    }
+    Ok(())
 }

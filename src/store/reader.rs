@@ -12,7 +12,7 @@ use super::manifest::{read_manifest, ManifestEntry, MANIFEST_FILE};
 use super::meta::StoreMeta;
 use super::segment::{self, Layout};
 use super::writer::{check_indices, check_segment, open_segment, verify_bytes};
-use super::{derive, StoreError, Verify, META_FILE};
+use super::{StoreError, Verify, META_FILE};
 use crate::sis::ImageSis;
 
 /// One listed segment and what has been learned about it.
@@ -225,7 +225,7 @@ impl StoreReader {
 
     /// Image `index`'s pixels in removal order (see [`removal_order`](super::removal_order)).
     pub fn removal_order(&self, index: u64) -> Result<Vec<u32>, StoreError> {
-        Ok(derive::removal_order(&self.require(index)?.removal_step))
+        Ok(self.require(index)?.removal_order())
     }
 
     /// The first SIS of image `index` for any threshold `tau`, re-derived from the
@@ -245,14 +245,15 @@ impl StoreReader {
     }
 
     /// The backselect subset of fraction `q` of image `index`: the last `⌈q·p⌉`
-    /// pixels removed ([`top_fraction`](super::top_fraction)), sorted by pixel index.
+    /// pixels removed ([`top_fraction`](super::top_fraction), in-block ranks
+    /// included), sorted by pixel index.
     pub fn top_fraction_pixels(&self, index: u64, q: f64) -> Result<Vec<u32>, StoreError> {
         if !(0.0..=1.0).contains(&q) {
             return Err(StoreError::InvalidArgument(format!(
                 "subset fraction {q} is not in [0, 1]"
             )));
         }
-        Ok(derive::top_fraction(&self.require(index)?.removal_step, q))
+        Ok(self.require(index)?.top_fraction(q))
     }
 
     /// Checks a segment's sha256 once (with [`Verify::OnRead`]).

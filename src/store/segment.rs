@@ -13,7 +13,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, Metadata, View};
 
-use super::meta::{StoreMeta, FORMAT_VERSION};
+use super::meta::StoreMeta;
 use super::StoreError;
 use crate::sis::{ImageSis, SisCollection};
 
@@ -22,6 +22,40 @@ pub const SEGMENT_FORMAT: &str = "overinterp-sis-store";
 
 /// Largest safetensors header we accept (the crate's own limit).
 const MAX_HEADER: u64 = 100_000_000;
+
+/// Most BackSelect steps whose `removal_step` (0..steps) fits in U16 (format 2).
+pub const U16_STEPS: usize = 1 << 16;
+
+/// dtype of `removal_step` in a store of `meta`'s format and size: U16 when the
+/// steps fit (format 2), I32 otherwise and in format 1.
+pub fn removal_step_dtype(meta: &StoreMeta) -> Dtype {
+    if meta.format_version >= 2 && meta.steps() <= U16_STEPS {
+        Dtype::U16
+    } else {
+        Dtype::I32
+    }
+}
+
+/// dtype of `rank_in_block` (format 2, `k > 1` only): the smallest of U8, U16, I32
+/// that holds `0..k`. `None`: the store has no such tensor.
+pub fn rank_dtype(meta: &StoreMeta) -> Option<Dtype> {
+    let k = meta.k();
+    match () {
+        _ if meta.format_version < 2 || k <= 1 => None,
+        _ if k <= 1 << 8 => Some(Dtype::U8),
+        _ if k <= 1 << 16 => Some(Dtype::U16),
+        _ => Some(Dtype::I32),
+    }
+}
+
+/// A tensor of small non-negative integers in `dtype` (U8, U16 or I32).
+fn uints(dtype: Dtype, shape: Vec<usize>, values: impl IntoIterator<Item = u32>) -> Raw {
+    match dtype {
+        Dtype::U8 => raw(dtype, shape, values, |v: u32| [v as u8]),
+        Dtype::U16 => raw(dtype, shape, values, |v: u32| (v as u16).to_le_bytes()),
+        _ => raw(Dtype::I32, shape, values, |v: u32| (v as i32).to_le_bytes()),
+    }
+}
 
 /// A tensor to serialize: owned little-endian bytes.
 struct Raw {
@@ -61,7 +95,8 @@ fn raw<T: Copy, const N: usize>(
 /// Serializes records into one segment file's bytes.
 ///
 /// `records` must be sorted by index, validated against `meta`, and carry exactly one
-/// collection per meta threshold, in meta order (the writer normalizes them).
+/// collection per meta threshold, in meta order (the writer normalizes them). Writes
+/// the layout of `meta.format_version` (the writer only creates the current one).
 pub(crate) fn encode(records: &[ImageSis], meta: &StoreMeta) -> Result<Vec<u8>, StoreError> {
     let n = records.len();
     let t = meta.thresholds.len();
@@ -117,13 +152,10 @@ pub(crate) fn encode(records: &[ImageSis], meta: &StoreMeta) -> Result<Vec<u8>, 
         ),
         (
             "removal_step",
-            raw(
-                Dtype::I32,
+            uints(
+                removal_step_dtype(meta),
                 vec![n, h, w],
-                records
-                    .iter()
-                    .flat_map(|r| r.removal_step.iter().map(|&s| s as i32)),
-                i32le,
+                records.iter().flat_map(|r| r.removal_step.iter().copied()),
             ),
         ),
         (
@@ -159,10 +191,22 @@ pub(crate) fn encode(records: &[ImageSis], meta: &StoreMeta) -> Result<Vec<u8>, 
             raw(Dtype::I32, vec![sis_pixels.len()], sis_pixels, i32le),
         ),
     ];
+    let mut tensors = tensors;
+    if let Some(dtype) = rank_dtype(meta) {
+        // normalize_record gave every record of a k > 1 store p ranks.
+        tensors.push((
+            "rank_in_block",
+            uints(
+                dtype,
+                vec![n, h, w],
+                records.iter().flat_map(|r| r.rank_in_block.iter().copied()),
+            ),
+        ));
+    }
     debug_assert!(records.iter().all(|r| r.removal_step.len() == p));
-    let info: HashMap<String, String> = [
+    let mut info: HashMap<String, String> = [
         ("format", SEGMENT_FORMAT.to_string()),
-        ("format_version", FORMAT_VERSION.to_string()),
+        ("format_version", meta.format_version.to_string()),
         ("height", meta.height.to_string()),
         ("width", meta.width.to_string()),
         ("steps", meta.steps().to_string()),
@@ -172,6 +216,10 @@ pub(crate) fn encode(records: &[ImageSis], meta: &StoreMeta) -> Result<Vec<u8>, 
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    if meta.format_version >= 2 {
+        info.insert("objective".into(), meta.objective.to_string());
+        info.insert("written_by".into(), env!("CARGO_PKG_VERSION").into());
+    }
     safetensors::serialize(tensors.iter().map(|(k, v)| (*k, v)), &Some(info)).map_err(|e| {
         StoreError::InvalidRecord {
             index: records.first().map_or(0, |r| r.index),
@@ -224,6 +272,8 @@ struct Slot {
     start: u64,
     /// Number of elements.
     len: u64,
+    /// Element type.
+    dtype: Dtype,
 }
 
 /// A segment's parsed header: where each tensor lies. Enough to read any row.
@@ -234,12 +284,16 @@ pub(crate) struct Layout {
     width: u32,
     pixels: u64,
     steps: u64,
+    /// Pixels per step: every rank is below it.
+    k: u64,
     thresholds: Vec<f32>,
     index: Slot,
     label: Slot,
     predicted: Slot,
     confidence: Slot,
     removal_step: Slot,
+    /// Format 2 with `k > 1` only.
+    rank_in_block: Option<Slot>,
     confidence_history: Slot,
     collection_offsets: Slot,
     sis_offsets: Slot,
@@ -347,6 +401,7 @@ pub(crate) fn parse_layout(
             _ => Ok(Slot {
                 start: data_start + info.data_offsets.0 as u64,
                 len: numel,
+                dtype,
             }),
         }
     };
@@ -358,12 +413,21 @@ pub(crate) fn parse_layout(
         width: meta.width,
         pixels: h * w,
         steps,
+        k: u64::from(meta.k()),
         thresholds: meta.thresholds.clone(),
         index: slot("index", Dtype::I64, Some(&[rows]))?,
         label: slot("label", Dtype::I64, Some(&[rows]))?,
         predicted: slot("predicted", Dtype::I64, Some(&[rows]))?,
         confidence: slot("confidence", Dtype::F32, Some(&[rows]))?,
-        removal_step: slot("removal_step", Dtype::I32, Some(&[rows, h, w]))?,
+        removal_step: slot(
+            "removal_step",
+            removal_step_dtype(meta),
+            Some(&[rows, h, w]),
+        )?,
+        rank_in_block: match rank_dtype(meta) {
+            Some(dtype) => Some(slot("rank_in_block", dtype, Some(&[rows, h, w]))?),
+            None => None,
+        },
         confidence_history: slot("confidence_history", Dtype::F32, Some(&[rows, steps]))?,
         collection_offsets: slot("sis_collection_offsets", Dtype::I64, Some(&[rows * t + 1]))?,
         sis_offsets: slot("sis_offsets", Dtype::I64, None)?,
@@ -454,24 +518,45 @@ fn read_f32s(
         .collect())
 }
 
+/// `count` elements of an integer tensor stored as U8, U16 or I32, widened to i64.
+fn read_ints(
+    src: &(impl Source + ?Sized),
+    path: &Path,
+    slot: &Slot,
+    first: u64,
+    count: usize,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(match slot.dtype {
+        Dtype::U8 => read_elems::<1>(src, path, slot, first, count)?
+            .into_iter()
+            .map(|b| i64::from(b[0]))
+            .collect(),
+        Dtype::U16 => read_elems::<2>(src, path, slot, first, count)?
+            .into_iter()
+            .map(|b| i64::from(u16::from_le_bytes(b)))
+            .collect(),
+        _ => read_i32s(src, path, slot, first, count)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+    })
+}
+
 /// Converts stored i32 values to `u32`s below `bound`, or names the tensor at fault.
-fn to_u32_below(
-    values: Vec<i32>,
+fn to_u32_below<T: Copy + std::fmt::Display + TryInto<u32>>(
+    values: Vec<T>,
     bound: u64,
     path: &Path,
     what: &str,
 ) -> Result<Vec<u32>, StoreError> {
     values
         .into_iter()
-        .map(|v| {
-            if v >= 0 && (v as u64) < bound {
-                Ok(v as u32)
-            } else {
-                Err(corrupt(
-                    path,
-                    format!("{what} value {v} is outside 0..{bound}"),
-                ))
-            }
+        .map(|v| match v.try_into() {
+            Ok(u) if u64::from(u) < bound => Ok(u),
+            _ => Err(corrupt(
+                path,
+                format!("{what} value {v} is outside 0..{bound}"),
+            )),
         })
         .collect()
 }
@@ -508,11 +593,20 @@ pub(crate) fn read_row(
     let predicted = read_i64s(src, path, &layout.predicted, row, 1)?[0];
     let confidence = read_f32s(src, path, &layout.confidence, row, 1)?[0];
     let removal_step = to_u32_below(
-        read_i32s(src, path, &layout.removal_step, row * p, p as usize)?,
+        read_ints(src, path, &layout.removal_step, row * p, p as usize)?,
         s,
         path,
         "removal_step",
     )?;
+    let rank_in_block = match &layout.rank_in_block {
+        Some(slot) => to_u32_below(
+            read_ints(src, path, slot, row * p, p as usize)?,
+            layout.k,
+            path,
+            "rank_in_block",
+        )?,
+        None => Vec::new(),
+    };
     let confidence_history = read_f32s(src, path, &layout.confidence_history, row * s, s as usize)?;
     // Collections of this row: entries row*T ..= row*T + T of the offsets table.
     let co = read_i64s(
@@ -598,6 +692,7 @@ pub(crate) fn read_row(
         height: layout.height,
         width: layout.width,
         removal_step,
+        rank_in_block,
         confidence_history,
         collections,
     })

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::*;
-use crate::sis::{ImageSis, Method, SisCollection};
+use crate::sis::{ImageSis, Method, Objective, SisCollection};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -48,6 +48,9 @@ fn test_meta(num_images: u64) -> StoreMeta {
         width: 5,
         num_images,
         seed: 7,
+        objective: Objective::LogOdds,
+        precision: "fp32".into(),
+        created_by: Some(Provenance::current()),
         extra: BTreeMap::new(),
     }
 }
@@ -63,8 +66,13 @@ fn record(index: u64, meta: &StoreMeta) -> ImageSis {
         perm.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let mut removal_step = vec![0u32; p];
+    let mut rank_in_block = vec![0u32; p];
     for (pos, &q) in perm.iter().enumerate() {
         removal_step[q as usize] = (pos / k) as u32;
+        rank_in_block[q as usize] = (pos % k) as u32;
+    }
+    if k == 1 {
+        rank_in_block.clear();
     }
     let confidence = 0.3 + 0.7 * rng.unit();
     let confidence_history = (0..meta.steps()).map(|_| rng.unit()).collect();
@@ -102,6 +110,7 @@ fn record(index: u64, meta: &StoreMeta) -> ImageSis {
         height: meta.height,
         width: meta.width,
         removal_step,
+        rank_in_block,
         confidence_history,
         collections,
     }
@@ -230,7 +239,9 @@ fn derived_sis_order_and_subsets_known_answers() -> TestResult {
     //   τ = 0.5 → restore step 2: 0.6 ≥ 0.5 → SIS {2, 3};
     //   τ = 0.7 → also step 1: 0.9 ≥ 0.7 → SIS {0, 2, 3, 5};
     //   τ = 0.95 → everything; τ = 0.96 → none (f(x) < τ); τ = 0.05 → the empty set.
-    // Removal order by (step, pixel): [1, 4, 0, 5, 2, 3]; the top half is {5, 2, 3}.
+    // In-block ranks [0, 1, 1, 0, 0, 1] (step 0: 4 before 1; step 1: 0 before 5;
+    // step 2: 3 before 2): removal order by (step, rank) is [4, 1, 0, 5, 3, 2]; the
+    // top half is {5, 3, 2}, the last sixth {2}, the last ⌈1.2⌉ = 2 pixels {3, 2}.
     let tmp = tempfile::tempdir()?;
     let mut meta = test_meta(1);
     meta.height = 2;
@@ -244,6 +255,7 @@ fn derived_sis_order_and_subsets_known_answers() -> TestResult {
         height: 2,
         width: 3,
         removal_step: vec![1, 0, 2, 2, 0, 1],
+        rank_in_block: vec![0, 1, 1, 0, 0, 1],
         confidence_history: vec![0.9, 0.6, 0.1],
         collections: vec![
             SisCollection {
@@ -266,9 +278,9 @@ fn derived_sis_order_and_subsets_known_answers() -> TestResult {
     assert_eq!(r.sis_for_threshold(0, 0.95)?, Some(vec![0, 1, 2, 3, 4, 5]));
     assert_eq!(r.sis_for_threshold(0, 0.96)?, None);
     assert_eq!(r.sis_for_threshold(0, 0.05)?, Some(vec![]));
-    assert_eq!(r.removal_order(0)?, vec![1, 4, 0, 5, 2, 3]);
+    assert_eq!(r.removal_order(0)?, vec![4, 1, 0, 5, 3, 2]);
     assert_eq!(r.top_fraction_pixels(0, 0.5)?, vec![2, 3, 5]);
-    assert_eq!(r.top_fraction_pixels(0, 1.0 / 6.0)?, vec![3]);
+    assert_eq!(r.top_fraction_pixels(0, 1.0 / 6.0)?, vec![2]);
     assert_eq!(r.top_fraction_pixels(0, 0.2)?, vec![2, 3]); // ⌈1.2⌉ = 2
     assert!(r.top_fraction_pixels(0, 1.5).is_err());
     assert!(matches!(
@@ -326,8 +338,103 @@ fn invalid_records_are_rejected_naming_the_image() -> TestResult {
     let mut shape = record(2, &meta);
     shape.width = 6;
     assert!(w.append(shape).is_err());
+    // k = 3: every block needs its ranks, each of 0..size once.
+    let mut unranked = record(2, &meta);
+    unranked.rank_in_block.clear();
+    let err = w.append(unranked).unwrap_err().to_string();
+    assert!(
+        err.contains("image 2") && err.contains("rank_in_block has 0"),
+        "{err}"
+    );
+    let mut twice = record(2, &meta);
+    let (a, b) = first_two_of_a_block(&twice);
+    twice.rank_in_block[b] = twice.rank_in_block[a];
+    let err = w.append(twice).unwrap_err().to_string();
+    assert!(err.contains("not a free rank"), "{err}");
+    let mut beyond = record(2, &meta);
+    beyond.rank_in_block[a] = 3;
+    assert!(w.append(beyond).is_err());
     assert_eq!(w.pending_count(), 0);
     Ok(())
+}
+
+/// Two pixels removed at the same step.
+fn first_two_of_a_block(rec: &ImageSis) -> (usize, usize) {
+    let s = rec.removal_step[0];
+    let b = (1..rec.removal_step.len())
+        .find(|&q| rec.removal_step[q] == s)
+        .expect("blocks of k = 3 have another pixel");
+    (0, b)
+}
+
+#[test]
+fn format_1_store_is_read_but_not_continued() -> TestResult {
+    // A store written by the format-1 code (see tests/fixtures/stores/README.md).
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stores/v1-gradient-k4");
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("old");
+    std::fs::create_dir(&dir)?;
+    for e in std::fs::read_dir(&fixture)? {
+        let e = e?;
+        std::fs::copy(e.path(), dir.join(e.file_name()))?;
+    }
+    let r = StoreReader::open(&dir)?;
+    assert_eq!(r.meta().format_version, 1);
+    assert_eq!(r.meta().objective, Objective::Confidence);
+    let mut meta = r.meta().clone();
+    drop(r);
+    let before = snapshot(&dir);
+    meta.format_version = FORMAT_VERSION;
+    meta.objective = Objective::LogOdds;
+    let err = match StoreWriter::open(&dir, meta) {
+        Err(e) => e,
+        Ok(_) => panic!("appended to a format-1 store"),
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StoreError::OldFormat { found: 1, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("format version 1") && msg.contains("objective confidence"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&dir), before, "a refused open changed the store");
+    Ok(())
+}
+
+#[test]
+fn another_objective_is_refused() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let meta = test_meta(10);
+    drop(StoreWriter::open(tmp.path(), meta.clone())?);
+    let mut other = meta.clone();
+    other.objective = Objective::Confidence;
+    let msg = match StoreWriter::open(tmp.path(), other) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("resumed a store made with another objective"),
+    };
+    assert!(
+        msg.contains("differ in: objective") && msg.contains("objective log-odds"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cpu_features_come_from_cpuinfo() {
+    let info = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma \
+                avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\n";
+    let p = Provenance::from_cpuinfo(info);
+    assert_eq!(p.cpu, "AMD EPYC 7B13");
+    assert_eq!(
+        p.cpu_features,
+        ["avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+    );
+    let arm = Provenance::from_cpuinfo("Features\t: fp asimd asimdhp sve\nCPU part\t: 0xd0c\n");
+    assert_eq!(arm.cpu_features, ["asimd", "asimdhp", "sve"]);
+    assert_eq!(arm.cpu, "0xd0c");
 }
 
 #[test]

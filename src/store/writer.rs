@@ -437,6 +437,13 @@ fn check_existing(dir: &Path, meta: &StoreMeta) -> Result<(), StoreError> {
     let meta_path = dir.join(META_FILE);
     if meta_path.exists() {
         let existing = StoreMeta::read(&meta_path)?;
+        if existing.format_version != meta.format_version {
+            return Err(StoreError::OldFormat {
+                dir: dir.to_path_buf(),
+                found: existing.format_version,
+                objective: existing.objective,
+            });
+        }
         let fields = existing.differing_fields(meta);
         if !fields.is_empty() {
             return Err(StoreError::MetaMismatch {

@@ -5,6 +5,11 @@
 //!
 //! - [`shard`]: a shard and its lifecycle.
 //! - [`leader`]: [`Coord`], the state machine.
+//! - `leader/failures`: failure attribution — a shard's failures count against the
+//!   worker that reported them; a worker failing `quarantine_after` shards in a row is
+//!   quarantined unless the same shards failed elsewhere too (then the shard is at
+//!   fault); a shard failing on `shard_fail_workers` distinct workers, or on every
+//!   connected worker for `failure_grace`, fails the job.
 
 pub mod leader;
 pub mod shard;
@@ -15,9 +20,9 @@ mod tests;
 use std::time::Duration;
 
 pub use leader::{Coord, CoordStats};
-pub use shard::{Lease, Shard, ShardState};
+pub use shard::{Lease, Shard, ShardRecord, ShardState};
 
-use crate::proto::{ShardId, ToLeader, ToWorker, WorkerId};
+use crate::proto::{Digest, ShardId, ToLeader, ToWorker, WorkerId};
 
 /// What the leader is asked to do.
 #[derive(Debug, Clone)]
@@ -33,9 +38,36 @@ pub struct CoordConfig {
     /// no shard is pending (speculative re-execution); `None` disables it. The
     /// effective threshold is the larger of this and twice the mean shard time.
     pub speculate_after: Option<Duration>,
-    /// A shard that fails this many times (executor errors, or a worker claiming to be
-    /// done with results missing) fails the job instead of looping forever.
-    pub max_shard_failures: u32,
+    /// A worker (by name) that fails this many shards in a row — executor errors, a
+    /// `ShardDone` with results missing, bad payloads — is quarantined, unless every
+    /// one of those shards failed on another worker too.
+    pub quarantine_after: u32,
+    /// A shard that fails on this many distinct workers fails the job.
+    pub shard_fail_workers: u32,
+    /// A shard that failed on every connected worker (fewer than
+    /// `shard_fail_workers`) fails the job if no other worker takes it this long.
+    pub failure_grace: Duration,
+    /// The [`crate::proto::Identity::digest`] every result must carry; `None` skips
+    /// the check.
+    pub identity: Option<Digest>,
+}
+
+impl CoordConfig {
+    /// Defaults for everything but the job size: 30 s leases, speculation after 30 s,
+    /// quarantine after 2 failed shards in a row, a shard fails the job on 3 workers,
+    /// 300 s of grace.
+    pub fn new(num_images: u64, shard_size: u64) -> Self {
+        Self {
+            num_images,
+            shard_size,
+            lease: Duration::from_secs(30),
+            speculate_after: Some(Duration::from_secs(30)),
+            quarantine_after: 2,
+            shard_fail_workers: 3,
+            failure_grace: Duration::from_secs(300),
+            identity: None,
+        }
+    }
 }
 
 /// An event the driver observed.
@@ -68,6 +100,19 @@ pub enum Input {
     Durable {
         /// Shards now durable.
         shards: Vec<ShardId>,
+    },
+    /// The driver found the worker at fault (a result payload that does not decode,
+    /// has the wrong shape or index): close it, requeue its shards, count a strike.
+    Fault {
+        /// The offender.
+        worker: WorkerId,
+        /// What was wrong, for the worker, the log and `status`.
+        reason: String,
+    },
+    /// An operator lifts the quarantine of the worker called `name`.
+    Lift {
+        /// The worker's name.
+        name: String,
     },
 }
 
@@ -106,7 +151,7 @@ pub enum Output {
     },
     /// Every shard is durable; the driver may stop once the frames are sent.
     Complete,
-    /// A shard failed too often; the job cannot finish.
+    /// A shard failed on too many workers; the job cannot finish.
     Failed {
         /// The last failure, naming the shard.
         reason: String,

@@ -17,8 +17,11 @@
 //! of an index wins and is persisted, later copies are dropped. A reassigned shard is
 //! sent with only its still-missing indices.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use crate::proto::{ShardId, WorkerId};
 
@@ -65,8 +68,36 @@ pub struct Shard {
     accepted: Vec<bool>,
     /// Count of `true` in `accepted`.
     accepted_count: u64,
-    /// Executor failures so far.
+    /// Images that were durable when the leader started.
+    pub resumed: u64,
+    /// Names of the workers this shard failed on.
+    pub failed_on: BTreeSet<String>,
+    /// The last failure's reason, for the job's error.
+    pub last_failure: Option<String>,
+    /// Since when every connected worker has failed it (the grace clock).
+    pub stuck_since: Option<Instant>,
+    /// What happened to it, for the job report.
+    pub record: ShardRecord,
+}
+
+/// Per-shard counters in the job report: fault tests read them to prove that a
+/// fault landed (work reassigned, a lease lapsed, a late duplicate dropped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// The shard.
+    pub shard: ShardId,
+    /// Names of the workers it was assigned to, in order (twins included).
+    pub assigned: Vec<String>,
+    /// First copies accepted, by worker name.
+    pub accepted_by: BTreeMap<String, u64>,
+    /// Leases on it that lapsed.
+    pub lease_expiries: u32,
+    /// Late copies of its images dropped.
+    pub duplicates: u64,
+    /// Failures reported on it (by any worker).
     pub failures: u32,
+    /// The worker whose result completed it.
+    pub completed_by: Option<String>,
 }
 
 impl Shard {
@@ -79,7 +110,14 @@ impl Shard {
             state: ShardState::Pending,
             accepted: vec![false; len],
             accepted_count: 0,
-            failures: 0,
+            resumed: 0,
+            failed_on: BTreeSet::new(),
+            last_failure: None,
+            stuck_since: None,
+            record: ShardRecord {
+                shard: id,
+                ..ShardRecord::default()
+            },
         }
     }
 

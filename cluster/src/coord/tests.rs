@@ -7,6 +7,7 @@ use super::*;
 use crate::proto::{ToLeader, ToWorker};
 
 const LEASE: Duration = Duration::from_secs(10);
+const GRACE: Duration = Duration::from_secs(60);
 
 struct Sim {
     coord: Coord,
@@ -31,11 +32,10 @@ impl Sim {
     ) -> Self {
         let now = Instant::now();
         let config = CoordConfig {
-            num_images,
-            shard_size,
             lease: LEASE,
             speculate_after,
-            max_shard_failures: 3,
+            failure_grace: GRACE,
+            ..CoordConfig::new(num_images, shard_size)
         };
         let mut sim = Sim {
             coord: Coord::new(now, config, durable),
@@ -103,6 +103,7 @@ impl Sim {
             ToLeader::Result {
                 shard_id,
                 index,
+                identity: [0; 32],
                 payload: index.to_le_bytes().to_vec(),
             },
         );
@@ -371,33 +372,224 @@ fn protocol_violations_close_only_the_offender() {
     sim.assert_each_index_once(8);
 }
 
+fn fail(sim: &mut Sim, worker: WorkerId, shard_id: ShardId, reason: &str) {
+    sim.msg(
+        worker,
+        ToLeader::ShardFailed {
+            shard_id,
+            reason: reason.into(),
+        },
+    );
+}
+
+fn quarantined(sim: &Sim) -> Vec<String> {
+    sim.coord
+        .status(sim.now)
+        .quarantined
+        .iter()
+        .map(|q| q.name.clone())
+        .collect()
+}
+
 #[test]
-fn failing_shards_are_retried_then_fail_the_job() {
-    let mut sim = Sim::new(4, 4, None, vec![]);
-    sim.join(1);
-    for attempt in 1..=3 {
-        assert_eq!(sim.request(1).map(|a| a.0), Some(0), "attempt {attempt}");
-        sim.msg(
-            1,
-            ToLeader::ShardFailed {
-                shard_id: 0,
-                reason: "cannot read image 2".into(),
-            },
-        );
+fn a_shard_failing_on_three_workers_fails_the_job_and_never_returns_to_them() {
+    let mut sim = Sim::new(8, 4, None, vec![]);
+    for w in 1..=4 {
+        sim.join(w);
+    }
+    for w in 1..=3 {
+        // Shard 0 goes to a worker it has not failed on; the others wait for it.
+        assert_eq!(sim.request(w).map(|a| a.0), Some(0), "worker {w}");
+        fail(&mut sim, w, 0, "cannot decode image 2");
+        if w < 3 {
+            assert!(sim.failed.is_none());
+            // The worker that failed shard 0 gets shard 1, never shard 0 again.
+            if w == 1 {
+                assert_eq!(sim.request(w).map(|a| a.0), Some(1));
+            }
+        }
     }
     let reason = sim.failed.clone().expect("job failed");
     assert!(
-        reason.contains("shard 0 failed 3 times") && reason.contains("image 2"),
+        reason.contains("shard 0") && reason.contains("3 workers") && reason.contains("image 2"),
         "{reason}"
     );
-    // A "done" with results missing is a failure too.
+    // Three different workers failed it: the shard is at fault, nobody is quarantined.
+    assert!(quarantined(&sim).is_empty());
+    // Every connected worker is told why.
+    assert!(sim
+        .sent
+        .iter()
+        .any(|(w, m)| *w == 4
+            && matches!(m, ToWorker::Reject { reason } if reason.contains("shard 0"))));
+}
+
+#[test]
+fn a_worker_failing_two_shards_in_a_row_is_quarantined_and_the_job_completes() {
+    let mut sim = Sim::new(12, 4, None, vec![]);
+    sim.join(1);
+    sim.join(2);
+    assert_eq!(sim.request(1).map(|a| a.0), Some(0));
+    fail(&mut sim, 1, 0, "cannot read /data/x.JPEG: no such file");
+    // Not the same shard again: worker 1 gets shard 1 while 0 waits for worker 2.
+    assert_eq!(sim.request(1).map(|a| a.0), Some(1));
+    fail(&mut sim, 1, 1, "cannot read /data/y.JPEG: no such file");
+    assert_eq!(quarantined(&sim), vec!["w1".to_string()]);
+    let (closed, reason) = sim.closed.last().cloned().expect("closed");
+    assert_eq!(closed, 1);
+    assert!(
+        reason.contains("quarantined") && reason.contains("y.JPEG"),
+        "{reason}"
+    );
+    let status = sim.coord.status(sim.now);
+    assert_eq!(status.quarantined[0].shards, vec![0, 1]);
+    assert!(status.workers.iter().all(|w| w.name != "w1"));
+    // Rejoining under the same name is refused with the reason.
+    sim.join(3);
+    assert!(quarantined(&sim).len() == 1);
+    sim.input(Input::Joined {
+        worker: 4,
+        name: "w1".into(),
+        capacity: 4,
+    });
+    assert!(sim
+        .closed
+        .last()
+        .is_some_and(|(w, r)| *w == 4 && r.contains("quarantined")));
+    // The good worker finishes everything.
+    for _ in 0..3 {
+        let (s, idx) = sim.request(2).expect("a shard");
+        sim.run_shard(2, s, &idx);
+    }
+    sim.sync_all();
+    assert!(sim.complete, "{:?}", sim.failed);
+    sim.assert_each_index_once(12);
+    // The operator lifts the quarantine: the name may join again.
+    sim.input(Input::Lift { name: "w1".into() });
+    assert!(quarantined(&sim).is_empty());
+}
+
+#[test]
+fn failures_of_shards_that_also_fail_elsewhere_do_not_quarantine() {
+    let mut sim = Sim::new(12, 4, None, vec![]);
+    for w in 1..=4 {
+        sim.join(w);
+    }
+    assert_eq!(sim.request(2).map(|a| a.0), Some(0));
+    assert_eq!(sim.request(3).map(|a| a.0), Some(1));
+    fail(&mut sim, 2, 0, "bad image in shard 0");
+    fail(&mut sim, 3, 1, "bad image in shard 1");
+    assert_eq!(sim.request(1).map(|a| a.0), Some(0));
+    fail(&mut sim, 1, 0, "bad image in shard 0");
+    assert_eq!(sim.request(1).map(|a| a.0), Some(1));
+    fail(&mut sim, 1, 1, "bad image in shard 1");
+    // Worker 1 failed two in a row, but both failed on other workers too.
+    assert!(quarantined(&sim).is_empty(), "{:?}", quarantined(&sim));
+    assert!(sim.failed.is_none());
+}
+
+#[test]
+fn a_shard_that_failed_on_every_worker_fails_the_job_after_the_grace_period() {
+    let mut sim = Sim::new(8, 4, None, vec![]);
+    sim.join(1);
+    sim.join(2);
+    assert_eq!(sim.request(1).map(|a| a.0), Some(0));
+    fail(&mut sim, 1, 0, "bad image");
+    assert_eq!(sim.request(2).map(|a| a.0), Some(0));
+    fail(&mut sim, 2, 0, "bad image");
+    // Both workers finish shard 1 meanwhile (and so are not quarantined).
+    let (s, idx) = sim.request(1).expect("shard 1");
+    sim.run_shard(1, s, &idx);
+    assert!(
+        sim.request(2).is_none(),
+        "shard 0 must not go back to worker 2"
+    );
+    assert!(sim.failed.is_none());
+    // No hang: at the end of the grace period the job fails, naming the shard.
+    let deadline = sim.coord.poll_timeout().expect("a grace deadline");
+    assert!(deadline <= sim.now + GRACE);
+    sim.advance(GRACE);
+    let reason = sim
+        .failed
+        .clone()
+        .expect("job failed after the grace period");
+    assert!(
+        reason.contains("shard 0") && reason.contains("every connected worker"),
+        "{reason}"
+    );
+
+    // A third worker joining within the grace period takes the shard instead.
     let mut sim = Sim::new(4, 4, None, vec![]);
     sim.join(1);
     sim.request(1);
+    fail(&mut sim, 1, 0, "transient");
+    sim.advance(GRACE / 2);
+    sim.join(2);
+    let (s, idx) = sim.request(2).expect("shard 0");
+    sim.advance(GRACE);
+    sim.run_shard(2, s, &idx);
+    sim.sync_all();
+    assert!(sim.complete && sim.failed.is_none());
+}
+
+#[test]
+fn reports_about_shards_not_held_are_ignored_and_faults_count_as_strikes() {
+    let mut sim = Sim::new(8, 4, None, vec![]);
+    sim.join(1);
+    sim.join(2);
+    assert_eq!(sim.request(1).map(|a| a.0), Some(0));
+    // Worker 2 does not hold shard 0: its failure report changes nothing.
+    fail(&mut sim, 2, 0, "confused");
+    assert_eq!(sim.coord.stats().ignored_reports, 1);
+    assert_eq!(sim.coord.shards()[0].record.failures, 0);
+    assert!(sim.coord.shards()[0]
+        .holders()
+        .iter()
+        .any(|l| l.worker == 1));
+    // A "done" with results missing is a failure of the holder.
     sim.result(1, 0, 0);
     sim.msg(1, ToLeader::ShardDone { shard_id: 0 });
     assert_eq!(sim.coord.stats().shard_failures, 1);
-    assert_eq!(sim.request(1), Some((0, vec![1, 2, 3])));
+    assert_eq!(sim.request(2), Some((0, vec![1, 2, 3])));
+    // A bad payload found by the driver: the worker is closed, its shard requeued.
+    sim.input(Input::Fault {
+        worker: 2,
+        reason: "bad result payload for image 1: truncated".into(),
+    });
+    assert!(sim
+        .closed
+        .iter()
+        .any(|(w, r)| *w == 2 && r.contains("truncated")));
+    assert!(sim.coord.shards()[0].holders().is_empty());
+    // A result computed with other inputs is a fault too.
+    let mut sim = Sim::new(4, 4, None, vec![]);
+    sim.coord = Coord::new(
+        sim.now,
+        CoordConfig {
+            identity: Some([7; 32]),
+            ..CoordConfig::new(4, 4)
+        },
+        vec![],
+    );
+    sim.join(1);
+    sim.request(1);
+    sim.result(1, 0, 0); // carries identity [0; 32]
+    assert!(sim
+        .closed
+        .iter()
+        .any(|(w, r)| *w == 1 && r.contains("identity 0000")));
+    assert!(sim.persisted.is_empty());
+}
+
+#[test]
+fn done_counts_only_durable_images() {
+    let mut sim = Sim::new(4, 4, None, vec![]);
+    sim.join(1);
+    let (s, idx) = sim.request(1).expect("shard");
+    sim.run_shard(1, s, &idx);
+    assert_eq!(sim.coord.status(sim.now).images_done, 0);
+    sim.sync_all();
+    assert_eq!(sim.coord.status(sim.now).images_done, 4);
 }
 
 mod random {

@@ -12,10 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::frames::{decode_raw, finish, write_frame, FrameReader};
-use super::tls::secrets_match;
+use super::tls::{secrets_match, AUTH_RECEIVE_WINDOW};
 use super::{NetError, Shutdown};
 use crate::coord::Input;
-use crate::proto::{peek_version, JobStatus, ToLeader, ToWorker, WorkerId, PROTOCOL_VERSION};
+use crate::proto::{
+    peek_version, Identity, JobStatus, ToLeader, ToWorker, WorkerId, MAX_FRAME_LEN,
+    MAX_HANDSHAKE_FRAME_LEN, PROTOCOL_VERSION,
+};
+use crate::sink::PayloadCheck;
 
 /// What a connection tells the leader loop.
 #[derive(Debug)]
@@ -33,8 +37,8 @@ pub enum Event {
     },
     /// An input for the coordinator.
     Input(Input),
-    /// Someone wants a status snapshot.
-    Status(oneshot::Sender<JobStatus>),
+    /// Someone wants a status snapshot (after lifting the named worker's quarantine).
+    Status(oneshot::Sender<JobStatus>, Option<String>),
     /// A peer was refused (counted in the report).
     Refused {
         /// Who.
@@ -54,7 +58,6 @@ pub enum Outbound {
 }
 
 /// Settings every connection needs.
-#[derive(Debug)]
 pub struct ConnContext {
     /// Secret `Hello` must carry.
     pub secret: String,
@@ -62,14 +65,37 @@ pub struct ConnContext {
     pub job_spec: String,
     /// Sent in `Welcome`.
     pub lease_ms: u64,
-    /// How long a new peer has to complete TLS and send its first frame.
+    /// How long a new peer has, in all, to complete TLS, open its stream and send
+    /// its first frame.
     pub handshake_timeout: Duration,
+    /// How long an authenticated worker has to open the job and answer `Ready`.
+    pub prepare_timeout: Duration,
+    /// The job's identity, sent in `Welcome`; `Ready` must match it.
+    pub identity: Option<Identity>,
+    /// Checks result payloads before they reach the coordinator.
+    pub payload_check: Option<PayloadCheck>,
     /// Result payload bytes received, for the ingest figure in the report.
     pub ingested_bytes: AtomicU64,
+    /// Connections refused because every handshake slot was taken.
+    pub refused_busy: AtomicU64,
+    /// Handshake slots (connections that have not yet presented the secret).
+    pub max_unauthenticated: usize,
+}
+
+impl std::fmt::Debug for ConnContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnContext")
+            .field("lease_ms", &self.lease_ms)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves one incoming connection to the end. `_guard` is dropped when it returns,
 /// which is how the leader knows every connection task has finished.
+/// `preauth` is this connection's slot among the unauthenticated ones; it is given
+/// back as soon as the peer has presented the job secret (or is gone).
 pub async fn serve(
     incoming: quinn::Incoming,
     worker: WorkerId,
@@ -77,11 +103,13 @@ pub async fn serve(
     events: mpsc::Sender<Event>,
     shutdown: Shutdown,
     _guard: mpsc::Sender<()>,
+    preauth: tokio::sync::OwnedSemaphorePermit,
 ) {
     let peer = incoming.remote_address();
     let span = tracing::info_span!("conn", %peer, worker);
     async move {
-        if let Err(e) = serve_inner(incoming, peer, worker, &ctx, &events, shutdown).await {
+        if let Err(e) = serve_inner(incoming, peer, worker, &ctx, &events, shutdown, preauth).await
+        {
             tracing::debug!(error = %e, "connection ended");
         }
     }
@@ -119,8 +147,11 @@ async fn serve_inner(
     ctx: &ConnContext,
     events: &mpsc::Sender<Event>,
     mut shutdown: Shutdown,
+    preauth: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), NetError> {
+    // One deadline for TLS, the stream and the first frame together.
     let timeout = ctx.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let timed_out = |what| NetError::Timeout {
         peer,
         what,
@@ -130,7 +161,7 @@ async fn serve_inner(
         peer,
         detail: e.to_string(),
     })?;
-    let conn = match tokio::time::timeout(timeout, connecting).await {
+    let conn = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             // TLS failed: typically a worker that does not pin our certificate.
@@ -145,7 +176,7 @@ async fn serve_inner(
         }
         Err(_) => return Err(timed_out("the TLS handshake")),
     };
-    let (mut send, recv) = match tokio::time::timeout(timeout, conn.accept_bi()).await {
+    let (mut send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(NetError::ConnectionLost {
@@ -159,7 +190,8 @@ async fn serve_inner(
         }
     };
     let mut reader = FrameReader::new(recv, peer);
-    let first = match tokio::time::timeout(timeout, reader.read_raw()).await {
+    reader.set_max_frame(MAX_HANDSHAKE_FRAME_LEN);
+    let first = match tokio::time::timeout_at(deadline, reader.read_raw()).await {
         Ok(Ok(Some(frame))) => frame,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => {
@@ -179,7 +211,10 @@ async fn serve_inner(
                 &mut send,
                 peer,
                 events,
-                "no Hello within the handshake timeout".into(),
+                format!(
+                    "no Hello within the {:.0} s handshake deadline",
+                    timeout.as_secs_f64()
+                ),
             )
             .await;
             return Ok(());
@@ -207,6 +242,7 @@ async fn serve_inner(
         | ToLeader::StatusQuery {
             protocol_version,
             secret,
+            ..
         } => (*protocol_version, secret.as_str()),
         other => {
             let reason = format!("expected Hello, got {}", variant_name(other));
@@ -224,6 +260,13 @@ async fn serve_inner(
         refuse(&conn, &mut send, peer, events, "wrong job secret".into()).await;
         return Ok(());
     }
+    // Authenticated: free the pre-authentication slot, open the windows, lift the
+    // frame bound to what results need.
+    drop(preauth);
+    conn.set_receive_window(
+        quinn::VarInt::from_u64(AUTH_RECEIVE_WINDOW).unwrap_or(quinn::VarInt::MAX),
+    );
+    reader.set_max_frame(MAX_FRAME_LEN);
     let mut scratch = Vec::new();
     let (name, capacity) = match hello {
         ToLeader::Hello {
@@ -231,10 +274,10 @@ async fn serve_inner(
             capacity,
             ..
         } => (worker_name, capacity),
-        _ => {
+        ToLeader::StatusQuery { lift, .. } => {
             // StatusQuery: one snapshot, then close.
             let (tx, rx) = oneshot::channel();
-            if events.send(Event::Status(tx)).await.is_ok() {
+            if events.send(Event::Status(tx, lift)).await.is_ok() {
                 if let Ok(status) = rx.await {
                     write_frame(&mut send, &ToWorker::Status(status), &mut scratch, peer).await?;
                 }
@@ -243,14 +286,24 @@ async fn serve_inner(
             conn.close(0u32.into(), b"status sent");
             return Ok(());
         }
+        _ => unreachable!("matched above"),
     };
     let welcome = ToWorker::Welcome {
         worker_id: worker,
         job_spec: ctx.job_spec.clone(),
         lease_ms: ctx.lease_ms,
+        identity: ctx
+            .identity
+            .clone()
+            .unwrap_or(Identity { parts: Vec::new() }),
     };
     write_frame(&mut send, &welcome, &mut scratch, peer).await?;
-    tracing::info!(%name, capacity, "worker authenticated");
+    tracing::info!(%name, capacity, "worker authenticated; waiting for it to open the job");
+    if let Err(reason) = admit(&mut reader, ctx, &name).await {
+        refuse(&conn, &mut send, peer, events, reason).await;
+        return Ok(());
+    }
+    tracing::info!(%name, "worker admitted");
     let (tx, rx) = mpsc::unbounded_channel();
     if events
         .send(Event::Joined {
@@ -272,9 +325,22 @@ async fn serve_inner(
         };
         match frame {
             Ok(Some(msg)) => {
-                if let ToLeader::Result { payload, .. } = &msg {
+                if let ToLeader::Result { index, payload, .. } = &msg {
                     ctx.ingested_bytes
                         .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    if let Some(Err(problem)) =
+                        ctx.payload_check.as_ref().map(|c| c(*index, payload))
+                    {
+                        let reason = format!("bad result payload for image {index}: {problem}");
+                        tracing::warn!(%peer, %reason, "closing the worker");
+                        let _ = events
+                            .send(Event::Input(Input::Fault {
+                                worker,
+                                reason: reason.clone(),
+                            }))
+                            .await;
+                        break reason;
+                    }
                 }
                 if events
                     .send(Event::Input(Input::Message { worker, msg }))
@@ -333,6 +399,42 @@ async fn write_loop(
     finish(&mut send, Duration::from_secs(2)).await;
 }
 
+/// Waits for the worker's `Ready` and compares its identity with the job's.
+/// `Err` is the refusal, naming the worker, the file and both hashes.
+async fn admit(
+    reader: &mut FrameReader<quinn::RecvStream>,
+    ctx: &ConnContext,
+    name: &str,
+) -> Result<(), String> {
+    let answer = tokio::time::timeout(ctx.prepare_timeout, reader.read::<ToLeader>())
+        .await
+        .map_err(|_| {
+            format!(
+                "worker {name} did not open the job within {:.0} s",
+                ctx.prepare_timeout.as_secs_f64()
+            )
+        })?;
+    match answer {
+        Ok(Some(ToLeader::Ready { identity })) => match &ctx.identity {
+            Some(job) => match identity.mismatch(job, name) {
+                Some(why) => {
+                    tracing::error!(%name, %why, "worker computes with other inputs; refused");
+                    Err(why)
+                }
+                None => Ok(()),
+            },
+            None => Ok(()),
+        },
+        Ok(Some(ToLeader::CannotStart { reason })) => {
+            tracing::error!(%name, %reason, "worker cannot open the job; refused");
+            Err(format!("worker {name} cannot open the job: {reason}"))
+        }
+        Ok(Some(other)) => Err(format!("expected Ready, got {}", variant_name(&other))),
+        Ok(None) => Err(format!("worker {name} left before opening the job")),
+        Err(e) => Err(format!("worker {name}: {e}")),
+    }
+}
+
 fn variant_name(msg: &ToLeader) -> &'static str {
     match msg {
         ToLeader::Hello { .. } => "Hello",
@@ -343,5 +445,7 @@ fn variant_name(msg: &ToLeader) -> &'static str {
         ToLeader::ShardFailed { .. } => "ShardFailed",
         ToLeader::Heartbeat => "Heartbeat",
         ToLeader::Leaving { .. } => "Leaving",
+        ToLeader::Ready { .. } => "Ready",
+        ToLeader::CannotStart { .. } => "CannotStart",
     }
 }

@@ -113,6 +113,14 @@ pub enum NetError {
     /// The job cannot finish (a shard failed too often).
     #[error("job failed: {0}")]
     JobFailed(String),
+    /// This worker's inputs hash differently from the job's: it would compute
+    /// other results, so it is refused. The message names the node, the file and
+    /// both hashes. Not retried.
+    #[error("refused: {0}")]
+    IdentityMismatch(String),
+    /// The executor could not open the job on this node (missing files, no GPU).
+    #[error("cannot open the job on this worker: {0}")]
+    CannotStart(String),
     /// The executor thread panicked.
     #[error("executor panicked on shard {shard}: {message}")]
     ExecutorPanicked {

@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::NetError;
-use crate::proto::codec::{frame_len, HEADER_LEN};
+use crate::proto::codec::{frame_len_within, HEADER_LEN};
 use crate::proto::{decode_frame, encode_frame};
 
 /// Reads frames from a byte stream. Cancel-safe: every partial read is kept in the
@@ -19,6 +19,8 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     /// The peer, named in errors.
     peer: SocketAddr,
+    /// Largest frame body accepted now (small until the peer is authenticated).
+    max: usize,
 }
 
 /// Bytes asked of the stream per read when the frame size is not yet known.
@@ -31,20 +33,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: Vec::with_capacity(READ_CHUNK),
             peer,
+            max: crate::proto::MAX_FRAME_LEN,
         }
+    }
+
+    /// Bounds the frames accepted from now on to `max` body bytes (at most
+    /// [`crate::proto::MAX_FRAME_LEN`]); reads never buffer more than one frame.
+    pub fn set_max_frame(&mut self, max: usize) {
+        self.max = max.min(crate::proto::MAX_FRAME_LEN);
     }
 
     /// The next whole frame (header included), or `None` at a clean end of stream.
     /// An oversized length prefix is refused before its body is read.
     pub async fn read_raw(&mut self) -> Result<Option<Vec<u8>>, NetError> {
         loop {
-            let want = match frame_len(&self.buf) {
+            let want = match frame_len_within(&self.buf, self.max) {
                 Ok(Some(total)) if self.buf.len() >= total => {
                     let rest = self.buf.split_off(total);
                     return Ok(Some(std::mem::replace(&mut self.buf, rest)));
                 }
                 Ok(Some(total)) => total - self.buf.len(),
-                Ok(None) => HEADER_LEN.max(READ_CHUNK),
+                Ok(None) => HEADER_LEN - self.buf.len(),
                 Err(source) => {
                     return Err(NetError::Decode {
                         peer: self.peer,
@@ -139,6 +148,7 @@ mod tests {
         let msg = ToLeader::Result {
             shard_id: 1,
             index: 2,
+            identity: [3; 32],
             payload: (0..200u8).collect(),
         };
         let mut frame = Vec::new();

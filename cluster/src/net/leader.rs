@@ -23,10 +23,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{serve, ConnContext, Event, Outbound};
-use super::tls::{transport, write_atomic, Credentials, ADDR_FILE, COMPLETE_FILE};
+use super::tls::{
+    leader_transport, write_atomic, Credentials, ADDR_FILE, COMPLETE_FILE, INCOMING_BUFFER,
+};
 use super::{NetError, Shutdown, ShutdownHandle};
-use crate::coord::{Coord, CoordConfig, CoordStats, Input, Output};
-use crate::proto::{JobStatus, ShardId, WorkerId};
+use crate::coord::{Coord, CoordConfig, CoordStats, Input, Output, ShardRecord};
+use crate::proto::{Identity, JobStatus, ShardId, WorkerId};
 use crate::sink::ResultSink;
 
 /// How to run a leader.
@@ -47,10 +49,21 @@ pub struct LeaderConfig {
     pub lease: Duration,
     /// Speculation threshold (see [`CoordConfig::speculate_after`]); `None` disables.
     pub speculate_after: Option<Duration>,
-    /// Failures of one shard before the job fails.
-    pub max_shard_failures: u32,
-    /// Time a new peer gets for TLS and its first frame.
+    /// Failed shards in a row before a worker is quarantined (see [`CoordConfig`]).
+    pub quarantine_after: u32,
+    /// Distinct workers a shard may fail on before the job fails.
+    pub shard_fail_workers: u32,
+    /// How long a shard that failed on every connected worker waits for another.
+    pub failure_grace: Duration,
+    /// The job's identity; workers must present the same in `Ready`, results carry
+    /// its digest. `None`: no check (tests of the transport alone).
+    pub identity: Option<Identity>,
+    /// Time a new peer gets, in all, for TLS, its stream and its first frame.
     pub handshake_timeout: Duration,
+    /// Time an authenticated worker gets to open the job and answer `Ready`.
+    pub prepare_timeout: Duration,
+    /// Connections that may be in the handshake at once; more are refused at once.
+    pub max_unauthenticated: usize,
     /// QUIC idle timeout: a peer silent this long (even keep-alives) is lost.
     pub idle_timeout: Duration,
     /// How long to wait for workers to take `JobComplete` and leave before closing.
@@ -59,7 +72,8 @@ pub struct LeaderConfig {
 
 impl LeaderConfig {
     /// Defaults for everything but the essentials: 64-image shards, 30 s leases,
-    /// speculation after 30 s, 3 failures per shard.
+    /// speculation after 30 s, quarantine after 2 failures in a row, a shard fails the
+    /// job on 3 workers or after 300 s of grace, a 10 s handshake, 64 peers in it.
     pub fn new(
         listen: SocketAddr,
         job_dir: impl Into<PathBuf>,
@@ -74,8 +88,13 @@ impl LeaderConfig {
             shard_size: 64,
             lease: Duration::from_secs(30),
             speculate_after: Some(Duration::from_secs(30)),
-            max_shard_failures: 3,
+            quarantine_after: 2,
+            shard_fail_workers: 3,
+            failure_grace: Duration::from_secs(300),
+            identity: None,
             handshake_timeout: Duration::from_secs(10),
+            prepare_timeout: Duration::from_secs(1800),
+            max_unauthenticated: 64,
             idle_timeout: Duration::from_secs(20),
             linger: Duration::from_secs(5),
         }
@@ -99,6 +118,12 @@ pub struct JobReport {
     pub syncs: u64,
     /// Wall time of this run.
     pub elapsed_s: f64,
+    /// Connections refused before the handshake because `max_unauthenticated`
+    /// peers were already in it.
+    pub refused_busy: u64,
+    /// Per-shard counters (assignments, accepted copies by worker, lapsed leases,
+    /// dropped duplicates, failures, who completed it).
+    pub shards: Vec<ShardRecord>,
 }
 
 /// Asks a running leader for a status snapshot, in process.
@@ -111,7 +136,7 @@ impl StatusHandle {
     /// The current snapshot, or `None` once the leader has stopped.
     pub async fn status(&self) -> Option<JobStatus> {
         let (tx, rx) = oneshot::channel();
-        self.events.send(Event::Status(tx)).await.ok()?;
+        self.events.send(Event::Status(tx, None)).await.ok()?;
         rx.await.ok()
     }
 }
@@ -147,7 +172,13 @@ impl Leader {
     /// `config.listen` and writes `leader.addr`. Must be called inside a tokio runtime.
     pub fn bind<S: ResultSink>(config: LeaderConfig, sink: S) -> Result<Self, NetError> {
         let creds = Credentials::load_or_create(&config.job_dir)?;
-        let server = creds.server_config(transport(config.idle_timeout)?)?;
+        let mut server = creds.server_config(leader_transport(config.idle_timeout)?)?;
+        // Bound what peers that have not been accepted yet can make us buffer.
+        let slots = config.max_unauthenticated.max(1);
+        server
+            .max_incoming(slots)
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER * slots as u64);
         let endpoint =
             quinn::Endpoint::server(server, config.listen).map_err(|source| NetError::Bind {
                 addr: config.listen,
@@ -168,8 +199,12 @@ impl Leader {
             shard_size: config.shard_size,
             lease: config.lease,
             speculate_after: config.speculate_after,
-            max_shard_failures: config.max_shard_failures,
+            quarantine_after: config.quarantine_after,
+            shard_fail_workers: config.shard_fail_workers,
+            failure_grace: config.failure_grace,
+            identity: config.identity.as_ref().map(Identity::digest),
         };
+        let payload_check = sink.payload_check();
         let coord = Coord::new(Instant::now(), coord_config, durable);
         let marker = config.job_dir.join(COMPLETE_FILE);
         if coord.is_complete() {
@@ -189,7 +224,12 @@ impl Leader {
             job_spec: config.job_spec.clone(),
             lease_ms: config.lease.as_millis() as u64,
             handshake_timeout: config.handshake_timeout,
+            prepare_timeout: config.prepare_timeout,
+            identity: config.identity.clone(),
+            payload_check,
             ingested_bytes: AtomicU64::new(0),
+            refused_busy: AtomicU64::new(0),
+            max_unauthenticated: slots,
         });
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         Ok(Self {
@@ -336,7 +376,12 @@ impl Leader {
                         }
                         coord.handle(Instant::now(), input);
                     }
-                    Some(Event::Status(reply)) => { let _ = reply.send(coord.status(Instant::now())); }
+                    Some(Event::Status(reply, lift)) => {
+                        if let Some(name) = lift {
+                            coord.handle(Instant::now(), Input::Lift { name });
+                        }
+                        let _ = reply.send(coord.status(Instant::now()));
+                    }
                     Some(Event::Refused { reason, .. }) => {
                         refused += 1;
                         if refusals.len() < 100 { refusals.push(reason); }
@@ -360,7 +405,7 @@ impl Leader {
                     tokio::select! {
                         _ = guard_rx.recv() => break,
                         ev = events_rx.recv() => match ev {
-                            Some(Event::Status(reply)) => { let _ = reply.send(coord.status(Instant::now())); }
+                            Some(Event::Status(reply, _)) => { let _ = reply.send(coord.status(Instant::now())); }
                             Some(_) => {}
                             None => break,
                         },
@@ -399,6 +444,8 @@ impl Leader {
             });
         }
         let report = JobReport {
+            refused_busy: ctx.refused_busy.load(Ordering::Relaxed),
+            shards: coord.shard_records(),
             stats: coord.stats(),
             status,
             refused,
@@ -431,7 +478,15 @@ async fn accept_loop(
     guard: mpsc::Sender<()>,
 ) {
     let mut next_id: WorkerId = 1;
+    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.max_unauthenticated));
     while let Some(incoming) = endpoint.accept().await {
+        let Ok(preauth) = slots.clone().try_acquire_owned() else {
+            // Every handshake slot is taken (a flood): refuse before any TLS work.
+            ctx.refused_busy.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %incoming.remote_address(), "too many connections in the handshake; refused");
+            incoming.refuse();
+            continue;
+        };
         let worker = next_id;
         next_id += 1;
         tokio::spawn(serve(
@@ -441,6 +496,7 @@ async fn accept_loop(
             events.clone(),
             shutdown.clone(),
             guard.clone(),
+            preauth,
         ));
     }
 }

@@ -16,10 +16,19 @@ pub async fn query_status(
     job_dir: &Path,
     leader_addr: Option<SocketAddr>,
 ) -> Result<JobStatus, NetError> {
+    query_status_lifting(job_dir, leader_addr, None).await
+}
+
+/// [`query_status`] that first lifts the quarantine of the worker named `lift`.
+pub async fn query_status_lifting(
+    job_dir: &Path,
+    leader_addr: Option<SocketAddr>,
+    lift: Option<String>,
+) -> Result<JobStatus, NetError> {
     let creds = ClientCredentials::load(job_dir)?;
     let addr = match leader_addr {
         Some(a) => a,
         None => read_leader_addr(job_dir)?,
     };
-    status_exchange(addr, &creds, Duration::from_secs(5)).await
+    status_exchange(addr, &creds, Duration::from_secs(5), lift).await
 }

@@ -232,8 +232,27 @@ pub fn transport(idle_timeout: Duration) -> Result<quinn::TransportConfig, NetEr
     t.max_concurrent_bidi_streams(1u32.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window((8u32 << 20).into());
-    t.receive_window((16u32 << 20).into());
+    t.receive_window((AUTH_RECEIVE_WINDOW as u32).into());
     t.send_window(16 << 20);
+    // Nothing here uses unreliable datagrams: buffer none.
+    t.datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+/// Connection receive window of an authenticated peer (a worker streaming results).
+pub const AUTH_RECEIVE_WINDOW: u64 = 16 << 20;
+/// Connection receive window of a peer that has not yet authenticated: all it may
+/// make the leader buffer, whatever its frames announce.
+pub const PREAUTH_RECEIVE_WINDOW: u64 = 128 << 10;
+/// Bytes of early packets the leader buffers per not-yet-accepted connection.
+pub const INCOMING_BUFFER: u64 = 64 << 10;
+
+/// The leader's transport: [`transport`] with the small pre-authentication receive
+/// window; the connection raises it to [`AUTH_RECEIVE_WINDOW`] once the peer has
+/// presented the job secret.
+pub fn leader_transport(idle_timeout: Duration) -> Result<quinn::TransportConfig, NetError> {
+    let mut t = transport(idle_timeout)?;
+    t.receive_window((PREAUTH_RECEIVE_WINDOW as u32).into());
     Ok(t)
 }
 

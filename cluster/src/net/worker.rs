@@ -13,6 +13,16 @@
 //! Leader loss: the executor thread outlives connections; the worker abandons the
 //! running shard (the leader requeues it) and reconnects, so a restarted leader gets
 //! its workers back.
+//!
+//! Session epochs: every connection is a session with its own number, and every
+//! command to the executor thread and every event it sends back carries it. An
+//! executor that outlives a session (a shard that ignored `stop` past the abandon
+//! timeout) reports into the old epoch, and the new session drops those events, so a
+//! stale `Finished` can never clear the new session's shard.
+//!
+//! Admission: after `Welcome` the executor opens the job (`prepare`) and the worker
+//! answers `Ready` with the content hashes it computed; if they differ from the
+//! job's, it logs the file and both hashes and exits with an error.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +38,7 @@ use super::frames::{finish, write_frame, FrameReader};
 use super::tls::{read_leader_addr, transport, ClientCredentials, COMPLETE_FILE, SERVER_NAME};
 use super::{NetError, Shutdown};
 use crate::exec::{EmitError, Executor};
-use crate::proto::{ShardId, ToLeader, ToWorker, PROTOCOL_VERSION};
+use crate::proto::{Digest, Identity, ShardId, ToLeader, ToWorker, PROTOCOL_VERSION};
 
 /// How to run a worker.
 #[derive(Debug, Clone)]
@@ -49,6 +59,9 @@ pub struct WorkerConfig {
     /// How long to keep trying to reach the leader after losing it (or before it is
     /// up); zero gives up at once.
     pub reconnect_for: Duration,
+    /// How long a lost session waits for its running shard to stop before moving on
+    /// (the executor's later events are then dropped by epoch).
+    pub abandon_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -63,6 +76,7 @@ impl WorkerConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
             reconnect_for: Duration::from_secs(120),
+            abandon_wait: Duration::from_secs(60),
         }
     }
 }
@@ -89,12 +103,23 @@ pub struct WorkerReport {
     pub images_emitted: u64,
     /// Times it reconnected to the leader (leader restarts, network breaks).
     pub reconnects: u32,
+    /// Executor events from an earlier session, dropped.
+    pub stale_events: u64,
     /// Why it stopped.
     pub outcome: WorkerOutcome,
 }
 
+/// Work for the executor thread, tagged with the session that asked for it.
+enum Cmd {
+    /// Open the job and hash what was opened.
+    Prepare { epoch: u64, job_spec: Arc<str> },
+    /// Run a shard.
+    Run(Run),
+}
+
 /// A shard run handed to the executor thread.
 struct Run {
+    epoch: u64,
     shard_id: ShardId,
     indices: Vec<u64>,
     job_spec: Arc<str>,
@@ -103,16 +128,32 @@ struct Run {
 
 /// What the executor thread reports, in order: a shard's results, then its end.
 enum ExecEvent {
+    Prepared {
+        epoch: u64,
+        outcome: Result<Identity, String>,
+    },
     Result {
+        epoch: u64,
         shard_id: ShardId,
         index: u64,
+        identity: Digest,
         payload: Vec<u8>,
     },
     Finished(Finished),
 }
 
+impl ExecEvent {
+    fn epoch(&self) -> u64 {
+        match self {
+            ExecEvent::Prepared { epoch, .. } | ExecEvent::Result { epoch, .. } => *epoch,
+            ExecEvent::Finished(f) => f.epoch,
+        }
+    }
+}
+
 /// The executor thread's report on one shard.
 struct Finished {
+    epoch: u64,
     shard_id: ShardId,
     /// Images emitted out of those assigned.
     emitted: usize,
@@ -157,7 +198,7 @@ async fn run_worker_inner<E: Executor>(
     executor: E,
     mut shutdown: Shutdown,
 ) -> Result<WorkerReport, NetError> {
-    let (run_tx, run_rx) = std::sync::mpsc::channel::<Run>();
+    let (run_tx, run_rx) = std::sync::mpsc::channel::<Cmd>();
     let (ev_tx, mut ev_rx) = mpsc::channel::<ExecEvent>(EXEC_QUEUE);
     let exec_thread = std::thread::Builder::new()
         .name(format!("executor-{}", config.name))
@@ -169,14 +210,18 @@ async fn run_worker_inner<E: Executor>(
         shards_acked: 0,
         images_emitted: 0,
         reconnects: 0,
+        stale_events: 0,
         outcome: WorkerOutcome::JobComplete,
     };
+    let mut epoch = 0u64;
     let mut give_up_at: Option<tokio::time::Instant> = None;
     let mut backoff = Duration::from_millis(200);
     let result = loop {
         let mut welcomed = false;
+        epoch += 1;
         let session = session(
             &config,
+            epoch,
             &mut report,
             &run_tx,
             &mut ev_rx,
@@ -226,12 +271,18 @@ async fn run_worker_inner<E: Executor>(
     result.map(|()| report)
 }
 
-/// Sets `stop` and discards events until the running shard reports its end.
-async fn abandon_shard(ev_rx: &mut mpsc::Receiver<ExecEvent>, stop: &AtomicBool) {
+/// Sets `stop` and discards events until the running shard reports its end (or
+/// `wait` passes: the next session drops the late events by epoch).
+async fn abandon_shard(
+    ev_rx: &mut mpsc::Receiver<ExecEvent>,
+    stop: &AtomicBool,
+    epoch: u64,
+    wait: Duration,
+) {
     stop.store(true, Ordering::SeqCst);
-    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+    let _ = tokio::time::timeout(wait, async {
         while let Some(ev) = ev_rx.recv().await {
-            if matches!(ev, ExecEvent::Finished(_)) {
+            if matches!(&ev, ExecEvent::Finished(f) if f.epoch == epoch) {
                 break;
             }
         }
@@ -239,11 +290,69 @@ async fn abandon_shard(ev_rx: &mut mpsc::Receiver<ExecEvent>, stop: &AtomicBool)
     .await;
 }
 
+/// After `Welcome`: has the executor open the job, checks its identity against the
+/// job's and tells the leader. Returns the digest results carry.
+async fn prepare(
+    config: &WorkerConfig,
+    epoch: u64,
+    job_spec: &Arc<str>,
+    expected: &Identity,
+    run_tx: &std::sync::mpsc::Sender<Cmd>,
+    ev_rx: &mut mpsc::Receiver<ExecEvent>,
+    report: &mut WorkerReport,
+) -> Result<(Result<Digest, NetError>, ToLeader), NetError> {
+    let lost = || NetError::ExecutorPanicked {
+        shard: 0,
+        message: "executor thread exited".into(),
+    };
+    run_tx
+        .send(Cmd::Prepare {
+            epoch,
+            job_spec: job_spec.clone(),
+        })
+        .map_err(|_| lost())?;
+    let outcome = loop {
+        match ev_rx.recv().await.ok_or_else(lost)? {
+            ExecEvent::Prepared { epoch: e, outcome } if e == epoch => break outcome,
+            _ => report.stale_events += 1,
+        }
+    };
+    Ok(match outcome {
+        Err(reason) => {
+            tracing::error!(node = %config.name, %reason, "cannot open the job");
+            (
+                Err(NetError::CannotStart(format!(
+                    "worker {}: {reason}",
+                    config.name
+                ))),
+                ToLeader::CannotStart { reason },
+            )
+        }
+        Ok(identity) => {
+            let digest = identity.digest();
+            let verdict = if expected.parts.is_empty() {
+                Ok(digest)
+            } else {
+                match identity.mismatch(expected, &config.name) {
+                    Some(why) => {
+                        tracing::error!(node = %config.name, %why, "this worker's inputs differ from the job's");
+                        Err(NetError::IdentityMismatch(why))
+                    }
+                    None => Ok(digest),
+                }
+            };
+            (verdict, ToLeader::Ready { identity })
+        }
+    })
+}
+
 /// One connection to the leader, from `Hello` to `JobComplete`, drain, or an error.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     config: &WorkerConfig,
+    epoch: u64,
     report: &mut WorkerReport,
-    run_tx: &std::sync::mpsc::Sender<Run>,
+    run_tx: &std::sync::mpsc::Sender<Cmd>,
     ev_rx: &mut mpsc::Receiver<ExecEvent>,
     shutdown: &mut Shutdown,
     welcomed: &mut bool,
@@ -276,12 +385,13 @@ async fn session(
             what: "Welcome",
             secs: config.connect_timeout.as_secs_f64(),
         })??;
-    let (worker_id, job_spec, lease_ms) = match welcome {
+    let (worker_id, job_spec, lease_ms, expected) = match welcome {
         Some(ToWorker::Welcome {
             worker_id,
             job_spec,
             lease_ms,
-        }) => (worker_id, job_spec, lease_ms),
+            identity,
+        }) => (worker_id, job_spec, lease_ms, identity),
         Some(ToWorker::Reject { reason }) => return Err(NetError::Refused { peer, reason }),
         Some(other) => {
             return Err(NetError::Protocol {
@@ -299,6 +409,20 @@ async fn session(
     *welcomed = true;
     report.worker_id = worker_id;
     let job_spec: Arc<str> = job_spec.into();
+    tracing::info!(worker_id, %peer, "welcomed; opening the job");
+    let (verdict, answer) =
+        prepare(config, epoch, &job_spec, &expected, run_tx, ev_rx, report).await?;
+    write_frame(&mut send, &answer, &mut scratch, peer).await?;
+    if let Err(e) = verdict {
+        // Let the leader read our answer (it logs the refusal too), then leave.
+        let _ = tokio::time::timeout(Duration::from_secs(2), reader.read::<ToWorker>()).await;
+        finish(&mut send, Duration::from_secs(2)).await;
+        conn.close(1u32.into(), b"refused");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        return Err(e);
+    }
+    // The leader answers `Ready` with its first frame: an admission check failure
+    // arrives as `Reject`, handled by the loop below.
     tracing::info!(worker_id, %peer, "joined the job");
 
     // Writer task: the only owner of the send stream.
@@ -347,9 +471,15 @@ async fn session(
                         message: "executor thread exited".into(),
                     })
                 }
-                Some(ExecEvent::Result { shard_id, index, payload }) => {
+                Some(ev) if ev.epoch() != epoch => {
+                    // From an executor run of an earlier session: never let it touch this one.
+                    report.stale_events += 1;
+                    tracing::debug!(stale_epoch = ev.epoch(), epoch, "dropping a stale executor event");
+                }
+                Some(ExecEvent::Prepared { .. }) => {}
+                Some(ExecEvent::Result { shard_id, index, identity, payload, .. }) => {
                     // Awaiting here is the backpressure from the leader to `emit`.
-                    send(ToLeader::Result { shard_id, index, payload }).await?;
+                    send(ToLeader::Result { shard_id, index, identity, payload }).await?;
                 }
                 Some(ExecEvent::Finished(fin)) => {
                     current = None;
@@ -389,8 +519,8 @@ async fn session(
                     tracing::debug!(shard_id, images = indices.len(), "assigned");
                     let stop = Arc::new(AtomicBool::new(false));
                     current = Some((shard_id, stop.clone()));
-                    let run = Run { shard_id, indices, job_spec: job_spec.clone(), stop };
-                    if run_tx.send(run).is_err() {
+                    let run = Run { epoch, shard_id, indices, job_spec: job_spec.clone(), stop };
+                    if run_tx.send(Cmd::Run(run)).is_err() {
                         break Err(NetError::ExecutorPanicked { shard: shard_id, message: "executor thread exited".into() });
                     }
                 }
@@ -426,7 +556,7 @@ async fn session(
     // Tear down: stop a shard still running (its results are not needed any more),
     // flush the writer, close.
     if let Some((_, stop)) = &current {
-        abandon_shard(ev_rx, stop).await;
+        abandon_shard(ev_rx, stop, epoch, config.abandon_wait).await;
     }
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
@@ -485,12 +615,14 @@ pub(crate) async fn status_exchange(
     addr: SocketAddr,
     creds: &ClientCredentials,
     timeout: Duration,
+    lift: Option<String>,
 ) -> Result<crate::proto::JobStatus, NetError> {
     let (endpoint, conn, mut send, recv) = connect(addr, creds, timeout * 2, timeout).await?;
     let mut scratch = Vec::new();
     let query = ToLeader::StatusQuery {
         protocol_version: PROTOCOL_VERSION,
         secret: creds.secret.clone(),
+        lift,
     };
     write_frame(&mut send, &query, &mut scratch, addr).await?;
     let mut reader = FrameReader::new(recv, addr);
@@ -515,16 +647,42 @@ pub(crate) async fn status_exchange(
 
 fn executor_loop<E: Executor>(
     mut executor: E,
-    runs: std::sync::mpsc::Receiver<Run>,
+    cmds: std::sync::mpsc::Receiver<Cmd>,
     events: mpsc::Sender<ExecEvent>,
 ) {
-    for Run {
-        shard_id,
-        indices,
-        job_spec,
-        stop,
-    } in runs
-    {
+    // The digest of what the executor last opened: every result is tagged with it.
+    let mut digest: Digest = Identity { parts: Vec::new() }.digest();
+    for cmd in cmds {
+        let run = match cmd {
+            Cmd::Prepare { epoch, job_spec } => {
+                let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    executor.prepare(&job_spec)
+                }));
+                let outcome = match opened {
+                    Ok(Ok(identity)) => {
+                        digest = identity.digest();
+                        Ok(identity)
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(panic) => Err(format!("executor panicked: {}", panic_message(&*panic))),
+                };
+                if events
+                    .blocking_send(ExecEvent::Prepared { epoch, outcome })
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Cmd::Run(run) => run,
+        };
+        let Run {
+            epoch,
+            shard_id,
+            indices,
+            job_spec,
+            stop,
+        } = run;
         let mut emitted = 0usize;
         let mut emit = |index: u64, payload: Vec<u8>| -> Result<(), EmitError> {
             if indices.binary_search(&index).is_err() {
@@ -532,8 +690,10 @@ fn executor_loop<E: Executor>(
             }
             events
                 .blocking_send(ExecEvent::Result {
+                    epoch,
                     shard_id,
                     index,
+                    identity: digest,
                     payload,
                 })
                 .map_err(|_| EmitError::Disconnected)?;
@@ -546,16 +706,13 @@ fn executor_loop<E: Executor>(
         let (outcome, panicked) = match run {
             Ok(Ok(())) => (Ok(()), false),
             Ok(Err(e)) => (Err(e.to_string()), false),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                (Err(format!("executor panicked: {msg}")), true)
-            }
+            Err(panic) => (
+                Err(format!("executor panicked: {}", panic_message(&*panic))),
+                true,
+            ),
         };
         let fin = Finished {
+            epoch,
             shard_id,
             emitted,
             assigned: indices.len(),
@@ -566,4 +723,12 @@ fn executor_loop<E: Executor>(
             return;
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }

@@ -12,6 +12,11 @@ use serde::{de::DeserializeOwned, Serialize};
 /// large payloads while bounding what one peer can make the leader buffer.
 pub const MAX_FRAME_LEN: usize = 64 << 20;
 
+/// Largest frame a peer may send before it is authenticated (its `Hello` or
+/// `StatusQuery`): 64 KiB, so an unauthenticated peer cannot make the leader buffer
+/// more than this per connection.
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = 64 << 10;
+
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
@@ -89,15 +94,19 @@ pub fn encode_frame<M: Serialize>(msg: &M, dst: &mut Vec<u8>) -> Result<(), Enco
 /// Length of the frame at the start of `buf` (header included), `Ok(None)` if the
 /// header is incomplete; refuses oversized prefixes as soon as the header is in.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+    frame_len_within(buf, MAX_FRAME_LEN)
+}
+
+/// [`frame_len`] with a tighter bound `max` (at most [`MAX_FRAME_LEN`]), e.g.
+/// [`MAX_HANDSHAKE_FRAME_LEN`] before authentication.
+pub fn frame_len_within(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
+    let max = max.min(MAX_FRAME_LEN);
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(DecodeError::TooLarge {
-            len,
-            max: MAX_FRAME_LEN,
-        });
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max });
     }
     Ok(Some(HEADER_LEN + len))
 }
@@ -153,12 +162,14 @@ mod tests {
         let msg = ToLeader::Result {
             shard_id: 7,
             index: 123_456,
+            identity: [9; 32],
             payload: vec![1, 2, 3, 250],
         };
         let buf = frame_of(&msg);
-        // Header says body length; the body is bincode's varint encoding:
-        // variant 3 (1 byte), shard 7 (1), index 123456 (0xFC + u32 = 5), len 4 (1), 4 bytes.
-        assert_eq!(&buf[..4], &(1u32 + 1 + 5 + 1 + 4).to_be_bytes());
+        // Header says body length; the body is bincode's varint encoding: variant 3
+        // (1 byte), shard 7 (1), index 123456 (0xFC + u32 = 5), 32 identity bytes,
+        // len 4 (1), 4 bytes.
+        assert_eq!(&buf[..4], &(1u32 + 1 + 5 + 32 + 1 + 4).to_be_bytes());
         for cut in 0..buf.len() {
             let r: Option<(ToLeader, usize)> = decode_frame(&buf[..cut]).expect("partial is ok");
             assert!(r.is_none(), "cut at {cut} decoded");
@@ -184,6 +195,17 @@ mod tests {
         let buf = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
         let err = decode_frame::<ToLeader>(&buf).unwrap_err();
         assert!(matches!(err, DecodeError::TooLarge { len, .. } if len == MAX_FRAME_LEN + 1));
+    }
+
+    #[test]
+    fn handshake_bound_refuses_a_large_hello_from_its_header() {
+        let buf = ((MAX_HANDSHAKE_FRAME_LEN + 1) as u32).to_be_bytes();
+        let err = frame_len_within(&buf, MAX_HANDSHAKE_FRAME_LEN).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { max, .. } if max == MAX_HANDSHAKE_FRAME_LEN));
+        assert_eq!(
+            frame_len(&buf).unwrap(),
+            Some(HEADER_LEN + MAX_HANDSHAKE_FRAME_LEN + 1)
+        );
     }
 
     #[test]
@@ -225,6 +247,7 @@ mod tests {
         let msg = ToLeader::Result {
             shard_id: 0,
             index: 0,
+            identity: [0; 32],
             payload: vec![0; MAX_FRAME_LEN],
         };
         let mut buf = vec![42];
@@ -270,7 +293,7 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 0..300),
             cut in any::<proptest::sample::Index>()
         ) {
-            let msg = ToLeader::Result { shard_id: shard, index, payload };
+            let msg = ToLeader::Result { shard_id: shard, index, identity: [1; 32], payload };
             let buf = frame_of(&msg);
             let cut = cut.index(buf.len());
             prop_assert!(decode_frame::<ToLeader>(&buf[..cut]).unwrap().is_none());
@@ -284,7 +307,7 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 0..64),
             flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8)
         ) {
-            let mut buf = frame_of(&ToLeader::Result { shard_id: 3, index: 4, payload });
+            let mut buf = frame_of(&ToLeader::Result { shard_id: 3, index: 4, identity: [2; 32], payload });
             for (i, b) in flips {
                 let i = i.index(buf.len());
                 buf[i] = b;

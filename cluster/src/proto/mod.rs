@@ -14,9 +14,13 @@ pub mod msg;
 
 pub use codec::{
     decode_frame, encode_frame, peek_version, DecodeError, EncodeError, MAX_FRAME_LEN,
+    MAX_HANDSHAKE_FRAME_LEN,
 };
-pub use msg::{JobStatus, ShardCounts, ShardId, ToLeader, ToWorker, WorkerId, WorkerStatus};
+pub use msg::{
+    Digest, Identity, IdentityPart, JobStatus, QuarantineStatus, ShardCounts, ShardId, ToLeader,
+    ToWorker, WorkerId, WorkerStatus,
+};
 
 /// Version of the message set in [`msg`]. Bump it on any change to the enums: the
 /// encoding is positional, so an old peer would misread new messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

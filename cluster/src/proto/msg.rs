@@ -32,6 +32,9 @@ pub enum ToLeader {
         protocol_version: u32,
         /// Same secret as in `Hello`: status reveals job progress, so it is authenticated.
         secret: String,
+        /// An operator's request to lift the quarantine of the worker with this name
+        /// (`overinterp status --lift NAME`) before the snapshot is taken.
+        lift: Option<String>,
     },
     /// "I am idle, give me a shard." Pull-based, so fast workers take more.
     RequestShard,
@@ -41,6 +44,9 @@ pub enum ToLeader {
         shard_id: ShardId,
         /// Dataset index of the image; the key of exactly-once acceptance.
         index: u64,
+        /// [`Identity::digest`] of what the executor had open when it computed this
+        /// result; the leader accepts only the job's.
+        identity: Digest,
         /// Opaque per-image result produced by the executor.
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
@@ -64,6 +70,85 @@ pub enum ToLeader {
         /// The shard it was running, if any; the results it sent stay accepted.
         returned: Option<ShardId>,
     },
+    /// After `Welcome`: the worker opened the job and hashed what it opened. It gets
+    /// shards only if this equals the job's identity.
+    Ready {
+        /// The content hashes the worker computed itself.
+        identity: Identity,
+    },
+    /// After `Welcome`: the worker cannot open the job (missing files, no GPU); it is
+    /// refused and never gets a shard.
+    CannotStart {
+        /// The executor's error, naming the file or option at fault.
+        reason: String,
+    },
+}
+
+/// SHA-256 of an [`Identity`]'s hashes (not its paths, which differ per node).
+pub type Digest = [u8; 32];
+
+/// What decides a worker's results: content hashes of the files it computes with
+/// (the model, the dataset split) and of the settings it parsed (method, objective,
+/// precision, seed). Paths are for error messages only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// One entry per input, in a fixed order.
+    pub parts: Vec<IdentityPart>,
+}
+
+/// One hashed input of an [`Identity`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityPart {
+    /// Which input: `model`, `dataset`, `settings`.
+    pub what: String,
+    /// Where this node found it (a path, or the spec text), for error messages.
+    pub file: String,
+    /// Lowercase hex SHA-256 of its content.
+    pub sha256: String,
+}
+
+impl Identity {
+    /// The digest results carry: SHA-256 over `what=sha256` lines.
+    pub fn digest(&self) -> Digest {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for p in &self.parts {
+            h.update(p.what.as_bytes());
+            h.update(b"=");
+            h.update(p.sha256.as_bytes());
+            h.update(b"\n");
+        }
+        h.finalize().into()
+    }
+
+    /// The first difference from `job`, in words naming the node, the file and both
+    /// hashes; `None` when the hashes agree.
+    pub fn mismatch(&self, job: &Identity, node: &str) -> Option<String> {
+        for want in &job.parts {
+            let got = self.parts.iter().find(|p| p.what == want.what);
+            match got {
+                Some(got) if got.sha256 == want.sha256 => {}
+                Some(got) => {
+                    return Some(format!(
+                        "worker {node}: its {} {} has sha256 {}, but the job's ({} on the leader) has sha256 {}",
+                        want.what, got.file, got.sha256, want.file, want.sha256
+                    ))
+                }
+                None => {
+                    return Some(format!(
+                        "worker {node} reported no {} hash; the job's ({}) is {}",
+                        want.what, want.file, want.sha256
+                    ))
+                }
+            }
+        }
+        (self.digest() != job.digest()).then(|| {
+            format!(
+                "worker {node} reported inputs the job does not have: {:?}",
+                self.parts
+            )
+        })
+    }
 }
 
 /// Messages the leader sends to a worker (or status client).
@@ -77,6 +162,9 @@ pub enum ToWorker {
         job_spec: String,
         /// Lease length: the worker must send something at least this often per shard.
         lease_ms: u64,
+        /// The job's identity (the store's model and dataset hashes, the settings):
+        /// the worker answers `Ready` with its own and is admitted only on a match.
+        identity: Identity,
     },
     /// A shard to run. `indices` lists only images not yet accepted, so a reassigned or
     /// resumed shard does not redo finished images.
@@ -125,6 +213,20 @@ pub struct JobStatus {
     pub elapsed_s: f64,
     /// Connected workers.
     pub workers: Vec<WorkerStatus>,
+    /// Workers removed for failing; lifted with `overinterp status --lift NAME`.
+    #[serde(default)]
+    pub quarantined: Vec<QuarantineStatus>,
+}
+
+/// A quarantined worker and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineStatus {
+    /// The worker's name (from `Hello`); a worker with this name is refused.
+    pub name: String,
+    /// Why, naming the shards and the last error.
+    pub reason: String,
+    /// The shards whose failures count against it.
+    pub shards: Vec<ShardId>,
 }
 
 /// Shard counts by lifecycle state.

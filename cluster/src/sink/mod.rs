@@ -48,4 +48,16 @@ pub trait ResultSink: Send + 'static {
 
     /// Makes everything appended so far durable. After `Ok`, a crash loses nothing.
     fn sync(&mut self) -> Result<(), SinkError>;
+
+    /// A check the leader runs on every result payload *before* the coordinator
+    /// accepts it (on the connection's task, off the sink thread): a payload it
+    /// refuses closes the sending worker and counts as that worker's fault, so a bad
+    /// worker can never make `append` fail and stop the job. `None`: no check.
+    fn payload_check(&self) -> Option<PayloadCheck> {
+        None
+    }
 }
+
+/// See [`ResultSink::payload_check`]: `(index, payload)` → `Err(what is wrong)`.
+pub type PayloadCheck =
+    std::sync::Arc<dyn Fn(u64, &[u8]) -> Result<(), String> + Send + Sync + 'static>;

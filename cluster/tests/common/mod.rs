@@ -11,9 +11,22 @@ use std::time::Duration;
 
 use overinterp_cluster::net::frames::{write_frame, FrameReader};
 use overinterp_cluster::net::tls::{transport, ClientCredentials, SERVER_NAME};
-use overinterp_cluster::net::LeaderConfig;
-use overinterp_cluster::proto::{ToLeader, ToWorker};
+use overinterp_cluster::net::{LeaderConfig, WorkerConfig};
+use overinterp_cluster::proto::{Digest, Identity, ToLeader, ToWorker};
 use overinterp_cluster::{EmitError, ExecError, Executor};
+
+/// The digest of an empty identity: what a synthetic executor's results carry.
+pub const NO_IDENTITY: Digest = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+/// `Ready` with no hashes, for hand-driven peers of a leader without an identity.
+pub fn ready() -> ToLeader {
+    ToLeader::Ready {
+        identity: Identity { parts: Vec::new() },
+    }
+}
 
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -62,6 +75,17 @@ pub struct Synth {
     pub phase: Arc<AtomicUsize>,
     /// (phase, indices) of every run.
     pub runs: Arc<Mutex<Vec<PhasedRun>>>,
+    /// What `prepare` reports: the hashes of its "inputs", or why it cannot open them.
+    pub identity: Result<Identity, String>,
+    /// After this many good shards, every shard fails (its data broke after admission).
+    pub fail_after: Option<usize>,
+    /// Emit payloads that do not belong to their image (a broken worker).
+    pub corrupt: bool,
+    /// Shards run so far.
+    pub shards_run: usize,
+    /// On its first shard, after the first image, ignore `stop` and stall this long
+    /// (an executor that outlives its session); the flag is set when it starts.
+    pub stall: Option<(Duration, Arc<AtomicBool>)>,
 }
 
 impl Synth {
@@ -74,11 +98,20 @@ impl Synth {
             hang_after: None,
             phase: Arc::default(),
             runs: Arc::default(),
+            identity: Ok(Identity { parts: Vec::new() }),
+            fail_after: None,
+            corrupt: false,
+            shards_run: 0,
+            stall: None,
         }
     }
 }
 
 impl Executor for Synth {
+    fn prepare(&mut self, _job_spec: &str) -> Result<Identity, ExecError> {
+        self.identity.clone().map_err(ExecError::msg)
+    }
+
     fn run(
         &mut self,
         job_spec: &str,
@@ -98,6 +131,13 @@ impl Executor for Synth {
             .lock()
             .expect("lock")
             .push((phase, shard_indices.to_vec()));
+        self.shards_run += 1;
+        if self.fail_after.is_some_and(|n| self.shards_run > n) {
+            return Err(ExecError::msg(format!(
+                "cannot read /data/images-{}.bin: Input/output error (os error 5)",
+                shard_indices[0]
+            )));
+        }
         for chunk in shard_indices.chunks(self.batch) {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -116,11 +156,47 @@ impl Executor for Synth {
                         return Ok(());
                     }
                 }
-                emit(i, payload(i, self.payload_len)).map_err(|e| ExecError::wrap("emit", e))?;
+                let bytes = if self.corrupt {
+                    payload(i + 1, self.payload_len)
+                } else {
+                    payload(i, self.payload_len)
+                };
+                emit(i, bytes).map_err(|e| ExecError::wrap("emit", e))?;
+                if self.shards_run == 1 {
+                    if let Some((time, flag)) = self.stall.take() {
+                        flag.store(true, Ordering::SeqCst);
+                        std::thread::sleep(time);
+                    }
+                }
             }
         }
         Ok(())
     }
+}
+
+/// An identity with one part, for admission tests.
+pub fn identity_of(model_sha: &str) -> Identity {
+    Identity {
+        parts: vec![overinterp_cluster::proto::IdentityPart {
+            what: "model".into(),
+            file: "/models/r20".into(),
+            sha256: model_sha.into(),
+        }],
+    }
+}
+
+/// The sink's check for [`payload`]s: the first 8 bytes name the image.
+pub fn synth_payload_check() -> overinterp_cluster::PayloadCheck {
+    Arc::new(|index: u64, bytes: &[u8]| {
+        let head: [u8; 8] = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("payload shorter than 8 bytes")?;
+        match u64::from_le_bytes(head) {
+            i if i == index => Ok(()),
+            i => Err(format!("payload holds image {i}")),
+        }
+    })
 }
 
 pub fn leader_config(job_dir: &Path, num_images: u64, shard_size: u64) -> LeaderConfig {
@@ -200,4 +276,42 @@ pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A [`overinterp_cluster::sink::FileSink`] that checks payloads like a real store does.
+pub struct CheckedSink(pub overinterp_cluster::sink::FileSink);
+
+impl overinterp_cluster::ResultSink for CheckedSink {
+    fn durable_indices(&self) -> Vec<u64> {
+        overinterp_cluster::ResultSink::durable_indices(&self.0)
+    }
+
+    fn append(
+        &mut self,
+        index: u64,
+        payload: &[u8],
+    ) -> Result<bool, overinterp_cluster::SinkError> {
+        // A payload that got past the check would be stored under the wrong image:
+        // fail loudly, as a real store does.
+        synth_payload_check()(index, payload).map_err(|e| {
+            overinterp_cluster::SinkError::new("checked sink", std::io::Error::other(e))
+        })?;
+        overinterp_cluster::ResultSink::append(&mut self.0, index, payload)
+    }
+
+    fn sync(&mut self) -> Result<(), overinterp_cluster::SinkError> {
+        overinterp_cluster::ResultSink::sync(&mut self.0)
+    }
+
+    fn payload_check(&self) -> Option<overinterp_cluster::PayloadCheck> {
+        Some(synth_payload_check())
+    }
+}
+
+/// A worker of the job in `dir` pointed at `addr`, with test-sized timeouts.
+pub fn worker_config(dir: &Path, name: &str, addr: SocketAddr) -> WorkerConfig {
+    let mut wc = WorkerConfig::new(dir, name);
+    wc.leader_addr = Some(addr);
+    wc.idle_timeout = Duration::from_secs(5);
+    wc
 }

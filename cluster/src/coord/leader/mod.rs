@@ -4,9 +4,14 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::shard::{Lease, Shard, ShardState};
+use super::shard::{Lease, Shard, ShardRecord, ShardState};
 use super::{CoordConfig, Input, Output};
-use crate::proto::{JobStatus, ShardCounts, ShardId, ToLeader, ToWorker, WorkerId, WorkerStatus};
+use crate::proto::{
+    Digest, JobStatus, QuarantineStatus, ShardCounts, ShardId, ToLeader, ToWorker, WorkerId,
+    WorkerStatus,
+};
+
+mod failures;
 
 /// Counters for the job report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,8 +38,16 @@ pub struct CoordStats {
     pub disconnects: u64,
     /// Workers closed for protocol violations.
     pub violations: u64,
-    /// Executor failures reported.
+    /// Executor failures reported (on shards the worker held).
     pub shard_failures: u64,
+    /// Reports about shards the sender did not hold, ignored.
+    pub ignored_reports: u64,
+    /// Workers closed for a fault of their own (bad payload, wrong identity).
+    pub worker_faults: u64,
+    /// Workers quarantined.
+    pub quarantined: u64,
+    /// Joins refused because the worker's name is quarantined.
+    pub quarantine_refusals: u64,
 }
 
 #[derive(Debug)]
@@ -71,6 +84,15 @@ pub struct Coord {
     shard_time: (Duration, u32),
     failed: bool,
     stats: CoordStats,
+    /// Images of this run made durable (shards `Done` since start).
+    durable_images: u64,
+    /// Failed shards (or worker faults, `None`) in a row, by worker name; a success
+    /// clears it. Kept across reconnects.
+    streaks: HashMap<String, Vec<Option<ShardId>>>,
+    /// Quarantined workers by name.
+    quarantine: std::collections::BTreeMap<String, QuarantineStatus>,
+    /// Shards that have failed somewhere and are not done (checked for the grace rule).
+    failing: BTreeSet<ShardId>,
 }
 
 impl Coord {
@@ -91,7 +113,9 @@ impl Coord {
         let mut resumed = 0;
         for index in durable {
             if let Some(shard) = shards.get_mut((index / shard_size) as usize) {
-                resumed += u64::from(shard.accept(index));
+                let fresh = u64::from(shard.accept(index));
+                shard.resumed += fresh;
+                resumed += fresh;
             }
         }
         let mut pending = BTreeSet::new();
@@ -125,6 +149,10 @@ impl Coord {
                 resumed,
                 ..CoordStats::default()
             },
+            durable_images: 0,
+            streaks: HashMap::new(),
+            quarantine: std::collections::BTreeMap::new(),
+            failing: BTreeSet::new(),
         };
         if coord.is_complete() {
             coord.outputs.push_back(Output::Complete);
@@ -152,6 +180,11 @@ impl Coord {
         &self.shards
     }
 
+    /// Per-shard counters for the job report.
+    pub fn shard_records(&self) -> Vec<ShardRecord> {
+        self.shards.iter().map(|s| s.record.clone()).collect()
+    }
+
     /// Next action for the driver.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -174,10 +207,10 @@ impl Coord {
         } else {
             None
         };
-        match (expiry, speculate) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [expiry, speculate, self.grace_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Lapses every lease whose time is up and hands out what that frees.
@@ -187,10 +220,12 @@ impl Coord {
                 break;
             }
             self.stats.lease_expiries += 1;
+            self.shards[shard as usize].record.lease_expiries += 1;
             tracing::warn!(shard, worker, "lease lapsed; shard back to the queue");
             self.release(shard, worker);
         }
         self.assign_idle(now);
+        self.check_stuck(now);
     }
 
     /// Applies one input observed at `now`.
@@ -204,10 +239,20 @@ impl Coord {
                 name,
                 capacity,
             } => {
-                tracing::info!(worker, %name, capacity, "worker joined");
-                self.stats.joins += 1;
                 // Ids are never reused by the driver; if one is, the old holder is gone.
                 self.forget(worker);
+                if let Some(q) = self.quarantine.get(&name) {
+                    tracing::warn!(worker, %name, reason = %q.reason, "quarantined worker refused");
+                    self.stats.quarantine_refusals += 1;
+                    let reason = format!(
+                        "worker {name} is quarantined: {}; lift it with `overinterp status --lift {name}`",
+                        q.reason
+                    );
+                    self.outputs.push_back(Output::Close { worker, reason });
+                    return;
+                }
+                tracing::info!(worker, %name, capacity, "worker joined");
+                self.stats.joins += 1;
                 self.workers.insert(
                     worker,
                     Worker {
@@ -233,6 +278,12 @@ impl Coord {
                     self.assign_idle(now);
                 }
             }
+            Input::Fault { worker, reason } => {
+                if self.workers.contains_key(&worker) {
+                    self.worker_fault(now, worker, reason);
+                }
+            }
+            Input::Lift { name } => self.lift(&name),
             Input::Durable { shards } => {
                 for shard in shards {
                     self.durable(shard);
@@ -245,6 +296,7 @@ impl Coord {
                 self.message(now, worker, msg);
             }
         }
+        self.check_stuck(now);
     }
 
     fn message(&mut self, now: Instant, worker: WorkerId, msg: ToLeader) {
@@ -266,8 +318,20 @@ impl Coord {
             ToLeader::Result {
                 shard_id,
                 index,
+                identity,
                 payload,
-            } => self.result(now, worker, shard_id, index, payload),
+            } => {
+                if let Some(job) = self.config.identity.filter(|job| *job != identity) {
+                    let reason = format!(
+                        "result for image {index} was computed with inputs of identity {}, \
+                         the job's is {}: the worker's model, data or settings changed",
+                        hex(&identity),
+                        hex(&job)
+                    );
+                    return self.worker_fault(now, worker, reason);
+                }
+                self.result(now, worker, shard_id, index, payload)
+            }
             ToLeader::ShardDone { shard_id } => {
                 let Some(shard) = self.shards.get(shard_id as usize) else {
                     return self
@@ -284,13 +348,19 @@ impl Coord {
                             "worker reported shard {shard_id} done with {missing} results missing"
                         ),
                     );
+                } else if !matches!(shard.state, ShardState::Syncing { .. } | ShardState::Done) {
+                    self.ignored(worker, shard_id, "ShardDone");
                 }
             }
             ToLeader::ShardFailed { shard_id, reason } => {
-                if (shard_id as usize) < self.shards.len() {
+                let Some(shard) = self.shards.get(shard_id as usize) else {
+                    return self
+                        .violation(worker, format!("ShardFailed for unknown shard {shard_id}"));
+                };
+                if shard.holders().iter().any(|l| l.worker == worker) {
                     self.shard_failed(now, worker, shard_id, reason);
                 } else {
-                    self.violation(worker, format!("ShardFailed for unknown shard {shard_id}"));
+                    self.ignored(worker, shard_id, "ShardFailed");
                 }
             }
             ToLeader::Leaving { returned } => {
@@ -299,7 +369,10 @@ impl Coord {
                 self.forget(worker);
                 self.assign_idle(now);
             }
-            ToLeader::Hello { .. } | ToLeader::StatusQuery { .. } => {
+            ToLeader::Hello { .. }
+            | ToLeader::StatusQuery { .. }
+            | ToLeader::Ready { .. }
+            | ToLeader::CannotStart { .. } => {
                 self.violation(worker, "handshake frame after the handshake".into())
             }
         }
@@ -324,6 +397,7 @@ impl Coord {
             );
         }
         if shard.state == ShardState::Done || !shard.accept(index) {
+            shard.record.duplicates += 1;
             self.stats.duplicates += 1;
             self.renew(now, shard_id, worker);
             return;
@@ -331,6 +405,7 @@ impl Coord {
         self.stats.accepted += 1;
         if let Some(w) = self.workers.get_mut(&worker) {
             w.images_accepted += 1;
+            *shard.record.accepted_by.entry(w.name.clone()).or_default() += 1;
         }
         self.outputs.push_back(Output::Persist {
             shard_id,
@@ -364,7 +439,12 @@ impl Coord {
         }
         if let Some(w) = self.workers.get_mut(&completer) {
             w.shards_completed += 1;
+            self.shards[shard_id as usize].record.completed_by = Some(w.name.clone());
+            // A success ends the worker's run of failures.
+            self.streaks.remove(&w.name);
         }
+        self.failing.remove(&shard_id);
+        self.shards[shard_id as usize].stuck_since = None;
         let mut ack_to: Vec<WorkerId> = holders.iter().map(|l| l.worker).collect();
         if !ack_to.contains(&completer) {
             ack_to.push(completer);
@@ -388,6 +468,7 @@ impl Coord {
         };
         self.syncing -= 1;
         self.done += 1;
+        self.durable_images += shard.len() - shard.resumed;
         for worker in ack_to {
             if self.workers.contains_key(&worker) {
                 self.outputs.push_back(Output::Send {
@@ -408,25 +489,6 @@ impl Coord {
             }
             self.outputs.push_back(Output::Complete);
         }
-    }
-
-    fn shard_failed(&mut self, now: Instant, worker: WorkerId, shard_id: ShardId, reason: String) {
-        self.stats.shard_failures += 1;
-        let shard = &mut self.shards[shard_id as usize];
-        shard.failures += 1;
-        tracing::warn!(shard = shard_id, worker, failures = shard.failures, %reason, "shard failed");
-        if shard.failures >= self.config.max_shard_failures {
-            self.failed = true;
-            self.outputs.push_back(Output::Failed {
-                reason: format!(
-                    "shard {shard_id} failed {} times; last error: {reason}",
-                    shard.failures
-                ),
-            });
-            return;
-        }
-        self.release(shard_id, worker);
-        self.assign_idle(now);
     }
 
     fn violation(&mut self, worker: WorkerId, reason: String) {
@@ -484,25 +546,38 @@ impl Coord {
         self.workers.get(&worker).is_some_and(|w| w.waiting)
     }
 
-    /// Hands shards to waiting workers: pending ones first, then twins of slow shards.
+    /// Hands shards to waiting workers: pending ones first (never one that already
+    /// failed on that worker), then twins of slow shards. A worker with nothing it
+    /// may take keeps waiting.
     fn assign_idle(&mut self, now: Instant) {
-        while let Some(&worker) = self.idle.front() {
+        let mut still_waiting = VecDeque::new();
+        while let Some(worker) = self.idle.pop_front() {
             if !self.is_waiting(worker) {
-                self.idle.pop_front();
                 continue;
             }
-            let shard_id = if let Some(s) = self.pending.pop_first() {
-                s
-            } else if let Some(s) = self.speculation_pick(now, worker) {
-                self.stats.speculative += 1;
-                tracing::info!(shard = s, worker, "speculative twin of a slow shard");
-                s
-            } else {
-                break;
-            };
-            self.idle.pop_front();
-            self.lease(now, shard_id, worker);
+            match self.pick(now, worker) {
+                Some(shard_id) => self.lease(now, shard_id, worker),
+                None => still_waiting.push_back(worker),
+            }
         }
+        self.idle = still_waiting;
+    }
+
+    fn pick(&mut self, now: Instant, worker: WorkerId) -> Option<ShardId> {
+        let name = &self.workers.get(&worker)?.name;
+        let fresh = self
+            .pending
+            .iter()
+            .copied()
+            .find(|&s| !self.shards[s as usize].failed_on.contains(name));
+        if let Some(s) = fresh {
+            self.pending.remove(&s);
+            return Some(s);
+        }
+        let s = self.speculation_pick(now, worker)?;
+        self.stats.speculative += 1;
+        tracing::info!(shard = s, worker, "speculative twin of a slow shard");
+        Some(s)
     }
 
     fn lease(&mut self, now: Instant, shard_id: ShardId, worker: WorkerId) {
@@ -528,6 +603,7 @@ impl Coord {
             .expect("waiting worker exists");
         w.waiting = false;
         w.held.insert(shard_id);
+        shard.record.assigned.push(w.name.clone());
         self.stats.assignments += 1;
         if std::mem::replace(&mut self.ever_leased[shard_id as usize], true) {
             self.stats.reassignments += 1;
@@ -582,9 +658,10 @@ impl Coord {
             }
         }
         let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
-        let images_done = self.stats.resumed + self.stats.accepted;
+        // Only durable images count as done: accepted ones may still be lost.
+        let images_done = self.stats.resumed + self.durable_images;
         let rate = if elapsed > 0.0 {
-            self.stats.accepted as f64 / elapsed
+            self.durable_images as f64 / elapsed
         } else {
             0.0
         };
@@ -619,6 +696,12 @@ impl Coord {
             eta_s,
             elapsed_s: elapsed,
             workers,
+            quarantined: self.quarantine.values().cloned().collect(),
         }
     }
+}
+
+/// Lowercase hex of a digest, for messages.
+pub(crate) fn hex(d: &Digest) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
