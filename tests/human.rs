@@ -744,7 +744,7 @@ fn scan_what_the_browser_received(
     );
 }
 
-/// A trial page with trial ids (16 hex digits) and digits blanked.
+/// A trial page with trial ids (16 hex digits) and numbers blanked.
 fn normalize_trial_page(page: &str) -> String {
     let mut out = String::new();
     let mut chars = page.chars().peekable();
@@ -753,10 +753,19 @@ fn normalize_trial_page(page: &str) -> String {
         if word.len() == 16 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
             out.push_str("<ID>");
         } else {
-            out.extend(
-                word.chars()
-                    .map(|c| if c.is_ascii_digit() { '#' } else { c }),
-            );
+            // Every run of digits becomes one '#': "Image 9" and "Image 10" match.
+            let mut in_digits = false;
+            for c in word.chars() {
+                if c.is_ascii_digit() {
+                    if !in_digits {
+                        out.push('#');
+                    }
+                    in_digits = true;
+                } else {
+                    out.push(c);
+                    in_digits = false;
+                }
+            }
         }
         word.clear();
     };
