@@ -5,6 +5,7 @@
 mod cluster;
 mod common;
 mod eval;
+mod human;
 mod pipeline;
 mod sis;
 mod store;
@@ -50,6 +51,8 @@ pub enum Command {
     Pipeline(pipeline::PipelineArgs),
     /// Inspect result stores (`store info STORE`).
     Store(store::StoreArgs),
+    /// The human classification benchmark: build, serve and report a study.
+    Human(human::HumanArgs),
 }
 
 /// Runs one parsed command line.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => cluster::run_status(args),
         Command::Pipeline(args) => pipeline::run(args),
         Command::Store(args) => store::run(args),
+        Command::Human(args) => human::run(args),
     }
 }
 

@@ -86,6 +86,10 @@ pub struct PipelineSpec {
     /// How `overinterp pipeline --slurm` submits the stages; not part of any stage's hash.
     #[serde(default)]
     pub slurm: SlurmSettings,
+    /// A human study (`overinterp human build`) whose section the report appends
+    /// once the study has answers.
+    #[serde(default)]
+    pub study: Option<PathBuf>,
 }
 
 /// The `[slurm]` table: scheduler settings for every job, and per stage kind.
