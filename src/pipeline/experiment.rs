@@ -212,8 +212,7 @@ impl<'a> Experiment<'a> {
     ) -> anyhow::Result<PathBuf> {
         let spec = self.spec;
         let arch = m
-            .arch
-            .as_ref()
+            .retrain_arch()
             .with_context(|| format!("model {} has no arch to retrain", m.name))?;
         let mut cfg = spec.retrain.clone();
         cfg.seed = r as u64;

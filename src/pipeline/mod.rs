@@ -8,9 +8,11 @@
 //! - [`run`]: the experiment end to end ([`run::run_pipeline`]).
 //! - [`slurm`]: the stages as Slurm jobs with dependencies (`pipeline --slurm`).
 //! - [`analyses`]: Table 1, confidence drop, SIS sizes, heatmaps, transfer — as data.
+//! - [`analysis`]: the maths behind them, in one streaming pass over each store.
 //! - [`report`] and [`figures`]: `report.md`, `report.html` and the PNG figures.
 
 pub mod analyses;
+pub mod analysis;
 pub mod experiment;
 pub mod figures;
 pub mod gang;

@@ -66,7 +66,7 @@ pub struct PlannedStage {
 
 /// Whether the spec retrains on this model's subsets.
 pub fn retrains(m: &ModelSpec) -> bool {
-    m.retrain && m.arch.is_some()
+    m.retrain && m.retrain_arch().is_some()
 }
 
 /// Every stage of the spec, each after the stages it reads.

@@ -9,13 +9,13 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::analyses::*;
+use super::analysis::{self, table1::columns};
 use super::experiment::{Experiment, Ranks};
 use super::plan::{names, retrains};
 use super::spec::{ModelSpec, PipelineSpec};
 use super::stages::{self, EvalSummary, Stages, SubsetKind};
 use crate::data::{ImageSource, Split};
 use crate::models;
-use crate::sis::ImageSis;
 use crate::store::StoreReader;
 
 /// Evaluations of one model on the test views (Table 1 columns).
@@ -197,59 +197,6 @@ fn transfer_matrix(
     }))
 }
 
-fn stat(values: &[f64]) -> Stat {
-    let n = values.len();
-    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
-    let var = if n > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-    } else {
-        0.0
-    };
-    Stat {
-        mean,
-        std: var.sqrt(),
-        n,
-    }
-}
-
-fn mean_ci(values: &[f64]) -> Option<MeanCi> {
-    if values.is_empty() {
-        return None;
-    }
-    let s = stat(values);
-    let half = 1.96 * s.std / (s.n as f64).sqrt();
-    Some(MeanCi {
-        mean: s.mean,
-        lo: s.mean - half,
-        hi: s.mean + half,
-        n: s.n,
-    })
-}
-
-fn columns(evals: &[&ViewsEval], q: f64) -> Vec<(String, Stat)> {
-    let pick = |f: &dyn Fn(&ViewsEval) -> Option<f64>| {
-        stat(&evals.iter().filter_map(|e| f(e)).collect::<Vec<_>>())
-    };
-    let mut cols = vec![
-        ("Full test".to_string(), pick(&|e| Some(e.full.top1))),
-        (
-            format!("{} test", SubsetKind::Backselect.label(q)),
-            pick(&|e| Some(e.backselect.top1)),
-        ),
-        (
-            format!("{} test", SubsetKind::Random.label(q)),
-            pick(&|e| Some(e.random.top1)),
-        ),
-    ];
-    if evals.iter().all(|e| e.corrupted.is_some()) && !evals.is_empty() {
-        cols.push((
-            "Corrupted test".to_string(),
-            pick(&|e| e.corrupted.as_ref().map(|c| c.top1)),
-        ));
-    }
-    cols
-}
-
 #[allow(clippy::too_many_arguments)]
 fn analyze(
     spec: &PipelineSpec,
@@ -267,7 +214,7 @@ fn analyze(
         train_images: train.len(),
         test_images: test.len(),
         fraction: q,
-        settings: settings(spec),
+        settings: analysis::settings::settings(spec),
         table1: Vec::new(),
         confidence: Vec::new(),
         sis_size: Vec::new(),
@@ -298,172 +245,12 @@ fn analyze(
             random: b.original.random.mean_confidence,
         });
         let store = StoreReader::open(&b.test_store)?;
-        let records: Vec<ImageSis> = store
-            .iter()
-            .collect::<Result<_, _>>()
+        let s = analysis::analyze_store(name, &store, &spec.sweep, spec.threshold, q)
             .with_context(|| format!("reading {}", b.test_store.display()))?;
-        let p = (records.first().map_or(1, |r| r.height * r.width)) as f64;
-        let sizes = |tau: f32| -> Vec<(bool, f64)> {
-            records
-                .iter()
-                .filter_map(|r| {
-                    r.find_sis(tau)
-                        .map(|s| (r.predicted == r.label, s.len() as f64 / p))
-                })
-                .collect()
-        };
-        let curve: Vec<Vec<(bool, f64)>> = spec.sweep.iter().map(|&t| sizes(t)).collect();
-        a.sis_size.push(SisSizeCurve {
-            model: name.clone(),
-            thresholds: spec.sweep.clone(),
-            mean_fraction: curve
-                .iter()
-                .map(|c| c.iter().map(|x| x.1).sum::<f64>() / c.len().max(1) as f64)
-                .collect(),
-            images_with_sis: curve.iter().map(Vec::len).collect(),
-        });
-        let at_tau = sizes(spec.threshold);
-        let part = |correct: bool| {
-            at_tau
-                .iter()
-                .filter(|x| x.0 == correct)
-                .map(|x| x.1)
-                .collect::<Vec<_>>()
-        };
-        a.correct_vs_wrong.push(CorrectVsWrong {
-            model: name.clone(),
-            threshold: spec.threshold,
-            correct: mean_ci(&part(true)),
-            wrong: mean_ci(&part(false)),
-        });
-        a.heatmaps.extend(heatmaps(name, &records, q));
-        a.galleries
-            .push(gallery(name, &records, test, spec.threshold, report_dir)?);
+        a.sis_size.push(s.sis_size);
+        a.correct_vs_wrong.push(s.correct_vs_wrong);
+        a.heatmaps.extend(s.heatmaps);
+        a.galleries.push(s.gallery.write(name, test, report_dir)?);
     }
     Ok(a)
-}
-
-/// Frequency of each pixel in the backselect top-q subsets, overall and per predicted class.
-fn heatmaps(model: &str, records: &[ImageSis], q: f64) -> Vec<Heatmap> {
-    let Some(first) = records.first() else {
-        return Vec::new();
-    };
-    let (h, w) = (first.height as usize, first.width as usize);
-    let mut by_class: BTreeMap<Option<i64>, (Vec<f32>, usize)> = BTreeMap::new();
-    for r in records {
-        let kept = r.top_fraction(q);
-        for class in [None, Some(r.predicted)] {
-            let entry = by_class
-                .entry(class)
-                .or_insert_with(|| (vec![0.0; h * w], 0));
-            for &p in &kept {
-                entry.0[p as usize] += 1.0;
-            }
-            entry.1 += 1;
-        }
-    }
-    by_class
-        .into_iter()
-        .map(|(class, (counts, n))| Heatmap {
-            model: model.to_string(),
-            class,
-            height: h,
-            width: w,
-            values: counts.iter().map(|c| c / n as f32).collect(),
-            images: n,
-        })
-        .collect()
-}
-
-/// One row per predicted class: the first test image of that class with a SIS at τ.
-fn gallery(
-    model: &str,
-    records: &[ImageSis],
-    test: &dyn ImageSource,
-    tau: f32,
-    dir: &Path,
-) -> anyhow::Result<Gallery> {
-    let mut rows: BTreeMap<i64, (usize, i64, Vec<u32>)> = BTreeMap::new();
-    for r in records {
-        if rows.contains_key(&r.predicted) {
-            continue;
-        }
-        if let Some(sis) = r.find_sis(tau) {
-            rows.insert(r.predicted, (r.index as usize, r.label, sis));
-        }
-    }
-    let indices: Vec<usize> = rows.values().map(|r| r.0).collect();
-    let kept_by_index: BTreeMap<usize, Vec<u32>> =
-        rows.values().map(|r| (r.0, r.2.clone())).collect();
-    let file = format!(
-        "gallery-{}.png",
-        model.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
-    );
-    let kept = |i: usize| Ok(kept_by_index.get(&i).cloned().unwrap_or_default());
-    if !indices.is_empty() {
-        crate::subsets::export::export_png_gallery(test, &kept, &indices, 4, &dir.join(&file))?;
-    }
-    Ok(Gallery {
-        model: model.to_string(),
-        threshold: tau,
-        png: file,
-        rows: rows.iter().map(|(pred, r)| (r.0, r.1, *pred)).collect(),
-    })
-}
-
-fn settings(spec: &PipelineSpec) -> Vec<(String, String)> {
-    let method = match spec.sis.method {
-        crate::sis::Method::Exact => "exact BackSelect".to_string(),
-        crate::sis::Method::Gradient { k } => format!(
-            "Batched Gradient BackSelect, k = {k}, mini-batch {}",
-            spec.sis.batch_size
-        ),
-    };
-    vec![
-        (
-            "Models".into(),
-            spec.models
-                .iter()
-                .map(|m| m.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        ("SIS method".into(), method),
-        (
-            "SIS threshold (galleries, Figure 4)".into(),
-            spec.threshold.to_string(),
-        ),
-        (
-            "Training of original models".into(),
-            describe_train(&spec.train),
-        ),
-        (
-            "Retraining on subsets".into(),
-            format!(
-                "{}; {} replicate(s) per subset kind",
-                describe_train(&spec.retrain),
-                spec.replicates
-            ),
-        ),
-        ("Random subset seed".into(), spec.random_seed.to_string()),
-        (
-            "Embedded cluster".into(),
-            format!("leader + {} local worker(s)", spec.local_workers),
-        ),
-    ]
-}
-
-fn describe_train(t: &crate::train::TrainConfig) -> String {
-    format!(
-        "{} epoch(s), batch {}, SGD lr {} (×{} at epochs {:?}), momentum {}{}, weight decay {}, augmentation {}",
-        t.epochs,
-        t.batch_size,
-        t.schedule.lr,
-        t.schedule.gamma,
-        t.schedule.milestones,
-        t.momentum,
-        if t.nesterov { " (Nesterov)" } else { "" },
-        t.weight_decay,
-        if t.augment { "on" } else { "off" }
-    )
 }

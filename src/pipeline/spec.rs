@@ -33,6 +33,18 @@ pub struct ModelSpec {
     /// Whether to retrain on this model's subsets (default: true for trained models).
     #[serde(default = "yes")]
     pub retrain: bool,
+    /// The architecture retrained on this model's subsets when it is not `arch`: a
+    /// TorchScript model computes the SIS, a fresh native network of this
+    /// architecture (e.g. `inception-v3`) is trained on the subsets (paper Table S4).
+    #[serde(default)]
+    pub retrain_arch: Option<String>,
+}
+
+impl ModelSpec {
+    /// The architecture retrained on this model's subsets: `retrain_arch`, else `arch`.
+    pub fn retrain_arch(&self) -> Option<&String> {
+        self.retrain_arch.as_ref().or(self.arch.as_ref())
+    }
 }
 
 fn yes() -> bool {
@@ -319,6 +331,13 @@ impl PipelineSpec {
                         m.name
                     ));
                 }
+            }
+            if let Some(Err(e)) = m
+                .retrain_arch
+                .as_ref()
+                .map(|a| a.parse::<crate::models::Arch>())
+            {
+                problems.push(format!("model {}: retrain_arch: {e}", m.name));
             }
             for member in &m.members {
                 if !self
