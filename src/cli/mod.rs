@@ -5,8 +5,10 @@
 mod cluster;
 mod common;
 mod eval;
+mod human;
 mod pipeline;
 mod sis;
+mod store;
 mod subsets;
 mod train;
 
@@ -51,6 +53,10 @@ pub enum Command {
     Status(cluster::StatusArgs),
     /// Run the paper's whole experiment and write a report.
     Pipeline(pipeline::PipelineArgs),
+    /// Inspect result stores (`store info STORE`).
+    Store(store::StoreArgs),
+    /// The human classification benchmark: build, serve and report a study.
+    Human(human::HumanArgs),
 }
 
 /// Runs one parsed command line.
@@ -66,6 +72,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => cluster::run_worker(args),
         Command::Status(args) => cluster::run_status(args),
         Command::Pipeline(args) => pipeline::run(args),
+        Command::Store(args) => store::run(args),
+        Command::Human(args) => human::run(args),
     }
 }
 

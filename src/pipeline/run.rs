@@ -109,6 +109,10 @@ pub fn run_experiment(exp: &Experiment, spec_text: &str) -> anyhow::Result<PathB
         &report_dir,
     )?;
     super::report::write_report(&analyses, &report_dir)?;
+    if let Some(study) = &spec.study {
+        let added = crate::human::report::append_to_pipeline_report(study, &report_dir)?;
+        tracing::info!(study = %study.display(), added, "human study section");
+    }
     Ok(report_dir)
 }
 

@@ -98,6 +98,10 @@ pub struct PipelineSpec {
     /// How `overinterp pipeline --slurm` submits the stages; not part of any stage's hash.
     #[serde(default)]
     pub slurm: SlurmSettings,
+    /// A human study (`overinterp human build`) whose section the report appends
+    /// once the study has answers.
+    #[serde(default)]
+    pub study: Option<PathBuf>,
 }
 
 /// The `[slurm]` table: scheduler settings for every job, and per stage kind.
@@ -273,7 +277,7 @@ impl PipelineSpec {
             if t.epochs == 0 || t.batch_size == 0 {
                 problems.push(format!("[{key}] epochs and batch_size must be at least 1"));
             }
-            if !(t.schedule.lr > 0.0) {
+            if t.schedule.lr.is_nan() || t.schedule.lr <= 0.0 {
                 problems.push(format!(
                     "[{key}] schedule.lr = {} must be positive",
                     t.schedule.lr

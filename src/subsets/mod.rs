@@ -7,6 +7,7 @@ pub mod export;
 pub mod kept_file;
 pub mod npz;
 pub mod random;
+pub mod stability;
 pub mod stored;
 
 use tch::Tensor;
