@@ -936,7 +936,7 @@ fn chaos_soak_lands_twenty_faults_and_loses_nothing() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let t0 = Instant::now();
     let out = Command::new(root.join("scripts/chaos"))
-        .args(["20", "300", "768"])
+        .args(["20", "600", "1536"])
         .env("OVERINTERP_BIN", BIN)
         .output()
         .expect("scripts/chaos");
