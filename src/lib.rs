@@ -9,6 +9,7 @@
 //! - [`cli`]: the `overinterp` command line (thin `main.rs` calls [`cli::run`]).
 //! - [`data`]: dataset readers (CIFAR-10, CIFAR-10-C, IDX/Fashion-MNIST, ImageNet) and normalization.
 //! - [`exec`]: the cluster's `Executor` (SIS on a worker) and `ResultSink` (the store on the leader).
+//! - [`human`]: the human classification benchmark: study build, web server, report.
 //! - [`job`]: a SIS job (model, data, method, store) shared by local and cluster runs.
 //! - [`models`]: the paper's architectures, TorchScript import, ensembles, input dropout.
 //! - [`train`]: training loop, schedules, augmentation, checkpoints, evaluation.
@@ -21,6 +22,7 @@
 pub mod cli;
 pub mod data;
 pub mod exec;
+pub mod human;
 pub mod job;
 pub mod models;
 pub mod pipeline;
