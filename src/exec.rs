@@ -89,6 +89,10 @@ pub fn leader_setup(
         .job_dir
         .clone()
         .unwrap_or_else(|| default_job_dir(&job.out));
+    // The spec beside the credentials lets `status` find the store when no leader runs.
+    std::fs::create_dir_all(&job_dir)
+        .and_then(|()| std::fs::write(job_dir.join(JOB_SPEC_FILE), &spec))
+        .with_context(|| format!("writing {}", job_dir.join(JOB_SPEC_FILE).display()))?;
     let mut config = LeaderConfig::new(listen, job_dir, spec, range.end);
     config.shard_size = tuning.shard_size.max(1);
     config.lease = Duration::from_secs(tuning.lease_secs.max(1));
@@ -96,8 +100,15 @@ pub fn leader_setup(
     config.failure_grace = Duration::from_secs(tuning.failure_grace_secs);
     config.identity = Some(identity(&local, &opened)?);
     tracing::info!(identity = ?config.identity, "job identity");
+    config.progress = Some(crate::util::progress::leader_hook(&format!(
+        "sis {}",
+        job.split
+    )));
     Ok((config, StoreSink::new(writer, range.start)))
 }
+
+/// The job spec the leader last ran, in the job directory (read by `status`).
+pub const JOB_SPEC_FILE: &str = "job.toml";
 
 /// What decides a job's results, hashed on this node: the model files, the dataset
 /// split's content and the SIS settings as this binary parsed them (method,
@@ -175,12 +186,12 @@ pub fn run_job_local(job: &SisJob, workers: usize, tuning: &Tuning) -> anyhow::R
         )?;
         let shutdown = ShutdownHandle::new();
         shutdown_on_signals(shutdown.clone());
-        let device = Some(job.device.clone());
+        let gpus = tch::Cuda::device_count().max(0) as usize;
         net::run_local(
             config,
             sink,
             workers,
-            |_| SisExecutor::new(device.clone()),
+            |i| SisExecutor::new(Some(local_worker_device(&job.device, i, gpus))),
             shutdown,
         )
         .await
@@ -192,6 +203,16 @@ pub fn run_job_local(job: &SisJob, workers: usize, tuning: &Tuning) -> anyhow::R
         tracing::warn!(error = %e, "a local worker failed");
     }
     Ok(report)
+}
+
+/// The device of local worker `i`: a job on `cuda` spreads its workers over the
+/// `gpus` visible GPUs (`cuda:i mod gpus`); any other device is used as written.
+pub fn local_worker_device(device: &str, i: usize, gpus: usize) -> String {
+    if device == "cuda" && gpus > 1 {
+        format!("cuda:{}", i % gpus)
+    } else {
+        device.to_string()
+    }
 }
 
 /// Computes SIS for the shards a worker is given. The model and dataset are opened

@@ -6,6 +6,9 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = overinterp::cli::Cli::parse();
     overinterp::cli::init_tracing(cli.verbose);
+    if let Some(every) = cli.progress_interval {
+        overinterp::util::progress::set_interval(every);
+    }
     match overinterp::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -1,7 +1,9 @@
-//! Small shared helpers: device parsing, a seeded RNG, hashing, progress reporting.
+//! Small shared helpers: device parsing, a seeded RNG, hashing, and [`progress`]
+//! reporting for people and logs.
 
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+pub mod progress;
+
+pub use progress::Progress;
 
 use tch::Device;
 
@@ -76,62 +78,6 @@ impl SplitMix64 {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// Progress for long loops: an `indicatif` bar on a terminal, otherwise a tracing
-/// line at most every ten seconds, so logs of batch jobs show progress too.
-pub struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    what: String,
-    total: u64,
-    done: u64,
-    started: Instant,
-    last_log: Instant,
-}
-
-impl Progress {
-    pub fn new(what: &str, total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
-                )
-                .expect("static template is valid")
-                .progress_chars("=> "),
-            );
-            bar.set_message(what.to_string());
-            bar
-        });
-        let now = Instant::now();
-        Self {
-            bar,
-            what: what.into(),
-            total,
-            done: 0,
-            started: now,
-            last_log: now,
-        }
-    }
-
-    pub fn inc(&mut self, n: u64) {
-        self.done += n;
-        if let Some(bar) = &self.bar {
-            bar.inc(n);
-        } else if self.last_log.elapsed() >= Duration::from_secs(10) {
-            self.last_log = Instant::now();
-            let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-            let eta = (self.total.saturating_sub(self.done)) as f64 / rate.max(1e-9);
-            tracing::info!(what = %self.what, done = self.done, total = self.total,
-                per_sec = format!("{rate:.1}"), eta_s = eta.round(), "progress");
-        }
-    }
-
-    pub fn finish(self) {
-        if let Some(bar) = self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -288,38 +288,41 @@ fn number_before(text: &str, what: &str) -> Option<u64> {
     text[..at].split_whitespace().last()?.parse().ok()
 }
 
-/// With 16-image shards of two 8-image mini-batches, w1 is killed when status shows
-/// it half-way through a shard; the report must show that shard with some of w1's
+/// With 64-image shards of eight 8-image mini-batches, w1 is killed when status
+/// shows it part-way through a shard; the report must show that shard with some of w1's
 /// results accepted and completed by w2.
 #[test]
 fn kill9_worker_mid_shard() {
     let _g = serial();
     let c = case();
-    let mut l = leader_with(&c, "leader", &["--shard-size", "16"]);
+    let mut l = leader_with(&c, "leader", &["--shard-size", "64"]);
     let mut w1 = worker(&c, "w1");
     let mut w2 = worker(&c, "w2");
-    wait_stored(&c.store, 16, JOB_TIMEOUT, &[&l, &w1, &w2]);
-    // Freeze w1, let what it already sent arrive, and kill it only if it is
-    // half-way through a shard; otherwise let it go on and look again.
     let t0 = Instant::now();
     let w1_mid_shard = |s: &serde_json::Value| {
         s["workers"].as_array().into_iter().flatten().any(|w| {
             w["name"] == "w1"
-                && w["images_accepted"].as_u64().unwrap_or(0) % 16 == 8
+                && w["images_accepted"].as_u64().unwrap_or(0) % 64 != 0
                 && !w["leased"].as_array().is_none_or(|l| l.is_empty())
         })
     };
-    loop {
+    let w1_working = |s: &serde_json::Value| {
+        s["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["name"] == "w1" && w["images_accepted"].as_u64().unwrap_or(0) > 0)
+    };
+    while !status(&c).is_some_and(|s| w1_working(&s)) {
+        assert!(t0.elapsed() < JOB_TIMEOUT, "w1 never started: {}", w1.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A shard is eight mini-batches: killed right after status shows it part-way,
+    // w1 is almost surely still in that shard.
+    while !status(&c).is_some_and(|s| w1_mid_shard(&s)) {
         assert!(t0.elapsed() < JOB_TIMEOUT, "w1 never seen mid-shard");
         assert!(stored(&c.store) < IMAGES, "the job ended first");
-        signal(&w1.child, "STOP");
-        std::thread::sleep(Duration::from_millis(300));
-        let mid = status(&c).is_some_and(|s| w1_mid_shard(&s));
-        if mid {
-            break;
-        }
-        signal(&w1.child, "CONT");
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
     w1.kill9();
     l.wait_success(JOB_TIMEOUT);
@@ -335,7 +338,7 @@ fn kill9_worker_mid_shard() {
     );
     for rec in &taken_over {
         assert!(
-            accepted_by(rec, "w1") + accepted_by(rec, "w2") == 16,
+            accepted_by(rec, "w1") + accepted_by(rec, "w2") == 64,
             "{rec}"
         );
     }
@@ -916,7 +919,7 @@ fn a_flood_of_unauthenticated_peers_stays_within_the_memory_bound() {
     );
     // The bound is printed, not asserted: on the 2-core test machine the leader's
     // peak grew about 117 MiB during the flood, over this bound, for reasons not yet
-    // found (peer bytes are bounded by the windows above); see the README.
+    // found (peer bytes are bounded by the windows above).
     if peak > bound {
         eprintln!("flood: peak RSS {peak} KiB is over the bound {bound} KiB");
     }
@@ -933,7 +936,7 @@ fn chaos_soak_lands_twenty_faults_and_loses_nothing() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let t0 = Instant::now();
     let out = Command::new(root.join("scripts/chaos"))
-        .args(["20", "300", "320"])
+        .args(["20", "300", "768"])
         .env("OVERINTERP_BIN", BIN)
         .output()
         .expect("scripts/chaos");

@@ -9,6 +9,7 @@ use overinterp_cluster::net::{self, ShutdownHandle, WorkerConfig};
 
 use crate::exec::{self, runtime, shutdown_on_signals, SisExecutor};
 use crate::job::SisJob;
+use crate::util::progress::{human_duration, worker_rates};
 
 /// Cluster tuning shared by `run` and `leader`.
 #[derive(Args, Debug, Clone)]
@@ -113,8 +114,10 @@ pub struct WorkerArgs {
     pub threads: Option<i32>,
 }
 
-/// Show a running job's progress: shards done/leased/pending, images/s, ETA,
-/// per-worker throughput, and quarantined workers with the reason.
+/// Show a job's progress: shards done/leased/pending, images/s, ETA, per-worker
+/// throughput, and quarantined workers with the reason. When no leader answers
+/// (finished, crashed, not started) it reads the store instead: images done of
+/// total, complete or not.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[arg(long)]
@@ -220,18 +223,33 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let status = rt
-        .block_on(net::query_status_lifting(
-            &args.job_dir,
-            None,
-            args.lift.clone(),
-        ))
-        .with_context(|| format!("asking the leader of {}", args.job_dir.display()))?;
+    let live = rt.block_on(net::query_status_lifting(
+        &args.job_dir,
+        None,
+        args.lift.clone(),
+    ));
+    let status = match live {
+        Ok(status) => status,
+        Err(e) if args.job_dir.is_dir() && args.lift.is_none() => {
+            return print_stored_status(&args, &e.to_string())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::from(e))
+                .with_context(|| format!("asking the leader of {}", args.job_dir.display()))
+        }
+    };
+    let eta = status.eta_s.map_or("unknown".into(), human_duration);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        // The wire snapshot plus fields for people (additive: old readers ignore them).
+        let mut value = serde_json::to_value(&status)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("leader_running".into(), true.into());
+            map.insert("eta".into(), eta.into());
+            map.insert("worker_rates".into(), worker_rates(&status).into());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let eta = status.eta_s.map_or("-".into(), |s| format!("{s:.0} s"));
     println!(
         "{} / {} images ({} resumed), {:.2} images/s, ETA {eta}; shards: {} done, {} syncing, {} leased, {} pending",
         status.images_done,
@@ -243,11 +261,91 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         status.shards.leased,
         status.shards.pending
     );
+    println!("workers: {}", worker_rates(&status));
     for w in &status.workers {
         println!("  {}", serde_json::to_string(w)?);
     }
     for q in &status.quarantined {
         println!("  quarantined {}: {}", q.name, q.reason);
+    }
+    Ok(())
+}
+
+/// What the store of a job whose leader does not answer holds.
+#[derive(Debug, serde::Serialize)]
+struct StoredStatus {
+    leader_running: bool,
+    /// Why the leader did not answer.
+    leader_error: String,
+    store: PathBuf,
+    images_done: u64,
+    images_total: u64,
+    complete: bool,
+}
+
+/// `status` when no leader answers (finished, crashed, not started): reads the
+/// store named by the job directory's `job.toml` (or `<store>.job` → `<store>`).
+fn print_stored_status(args: &StatusArgs, leader_error: &str) -> anyhow::Result<()> {
+    let spec_path = args.job_dir.join(exec::JOB_SPEC_FILE);
+    let (store, range) = match std::fs::read_to_string(&spec_path) {
+        Ok(text) => {
+            let job = SisJob::from_toml(&text)
+                .with_context(|| format!("job spec {}", spec_path.display()))?;
+            (job.out.clone(), Some(job))
+        }
+        Err(_) => {
+            let name = args.job_dir.file_name().and_then(|n| n.to_str());
+            match name.and_then(|n| n.strip_suffix(".job")) {
+                Some(stem) => (args.job_dir.with_file_name(stem), None),
+                None => anyhow::bail!(
+                    "no leader answered for {} ({leader_error}), and the job directory has no {} \
+                     naming the store",
+                    args.job_dir.display(),
+                    exec::JOB_SPEC_FILE
+                ),
+            }
+        }
+    };
+    let reader = crate::store::StoreReader::open(&store).with_context(|| {
+        format!(
+            "no leader answered for {} ({leader_error}); reading its store",
+            args.job_dir.display()
+        )
+    })?;
+    let n = reader.meta().num_images;
+    let range = match range {
+        Some(job) => job.range(n as usize)?,
+        None => 0..n,
+    };
+    let done = reader
+        .indices()
+        .iter()
+        .filter(|i| range.contains(i))
+        .count() as u64;
+    let total = range.end - range.start;
+    let s = StoredStatus {
+        leader_running: false,
+        leader_error: leader_error.to_string(),
+        store,
+        images_done: done,
+        images_total: total,
+        complete: done == total,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "leader not running ({}); store {}: {} / {} images, {}",
+            s.leader_error,
+            s.store.display(),
+            s.images_done,
+            s.images_total,
+            if s.complete {
+                "complete"
+            } else {
+                "not complete"
+            }
+        );
     }
     Ok(())
 }

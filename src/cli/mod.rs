@@ -8,6 +8,7 @@ mod eval;
 mod human;
 mod pipeline;
 mod sis;
+mod store;
 mod subsets;
 mod train;
 
@@ -22,6 +23,10 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Seconds between progress lines in logs when stderr is not a terminal (on a
+    /// terminal, bars). Also OVERINTERP_PROGRESS_INTERVAL; default 30.
+    #[arg(long, global = true, value_parser = crate::util::progress::parse_interval)]
+    pub progress_interval: Option<std::time::Duration>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -48,6 +53,8 @@ pub enum Command {
     Status(cluster::StatusArgs),
     /// Run the paper's whole experiment and write a report.
     Pipeline(pipeline::PipelineArgs),
+    /// Inspect result stores (`store info STORE`).
+    Store(store::StoreArgs),
     /// The human classification benchmark: build, serve and report a study.
     Human(human::HumanArgs),
 }
@@ -65,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => cluster::run_worker(args),
         Command::Status(args) => cluster::run_status(args),
         Command::Pipeline(args) => pipeline::run(args),
+        Command::Store(args) => store::run(args),
         Command::Human(args) => human::run(args),
     }
 }
@@ -79,7 +87,9 @@ pub fn stop_on_signals(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> a
     Ok(())
 }
 
-/// Logs go to stderr; `RUST_LOG` wins over `-v`.
+/// Logs go to stderr; `RUST_LOG` wins over `-v`. Colours only when stderr is a
+/// terminal and `NO_COLOR` is unset or empty (<https://no-color.org>), so log files
+/// hold no escape codes.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -91,6 +101,14 @@ pub fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour())
         .with_target(false)
         .try_init();
+}
+
+/// Whether log lines may carry ANSI colours: stderr is a terminal and `NO_COLOR`
+/// is unset or empty.
+pub fn use_colour() -> bool {
+    crate::util::progress::stderr_is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -45,19 +45,12 @@ pub fn run_subsets(args: SubsetsArgs) -> anyhow::Result<()> {
     let store = StoreReader::open(&args.store)
         .with_context(|| format!("--store {}", args.store.display()))?;
     let subsets = StoredSubsets::from_store(&store, selection)?;
-    subsets.save(&args.out)?;
-    let sizes: Vec<usize> = store
-        .indices()
-        .iter()
-        .map(|&i| subsets.pixels(i as usize).map(<[u32]>::len))
-        .collect::<Result<_, _>>()?;
-    let empty = sizes.iter().filter(|&&n| n == 0).count();
-    let mean = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
+    let counts = subsets.save(&args.out)?;
     println!(
         "{} images, mean {:.1} pixels kept ({} with none); written to {}",
-        sizes.len(),
-        mean,
-        empty,
+        counts.images,
+        counts.pixels_kept as f64 / counts.images.max(1) as f64,
+        counts.images_with_none,
         args.out.display()
     );
     Ok(())

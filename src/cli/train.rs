@@ -142,6 +142,17 @@ fn gang_shape(args: &TrainArgs) -> anyhow::Result<(usize, usize)> {
     Ok((rank, world))
 }
 
+/// The ranks of a gang on one multi-GPU machine (`--local-ranks`, or several Slurm
+/// tasks sharing a node's GPUs) take GPUs in turn from the one asked for: rank r
+/// uses `cuda:(d + r) mod gpus`. With one visible GPU (a task per GPU) nothing changes.
+fn spread_over_gpus(device: tch::Device, rank: usize, world_size: usize) -> tch::Device {
+    let gpus = tch::Cuda::device_count().max(0) as usize;
+    match device {
+        tch::Device::Cuda(d) if world_size > 1 && gpus > 1 => tch::Device::Cuda((d + rank) % gpus),
+        other => other,
+    }
+}
+
 fn default_rendezvous(out: &std::path::Path) -> PathBuf {
     match (
         std::env::var("SLURM_JOB_ID"),
@@ -158,7 +169,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         return run_local_gang(n, args.max_restarts, &args.out);
     }
     let (rank, world_size) = gang_shape(&args)?;
-    let device = args.device.apply();
+    let device = spread_over_gpus(args.device.apply(), rank, world_size);
     let arch: Arch = args.arch.parse()?;
     if args.epochs == 0 || args.batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");

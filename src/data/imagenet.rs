@@ -473,6 +473,15 @@ impl ImageSource for ImageNet {
     fn content_hash(&self) -> String {
         self.hash.clone()
     }
+    fn bad_files(&self) -> Vec<BadFile> {
+        ImageNet::bad_files(self)
+    }
+    /// The split's file-list hash and `n`: the first `n` entries of a sorted list.
+    fn prefix_hash(&self, n: usize) -> Option<String> {
+        Some(crate::util::sha256_hex(
+            format!("{}[:{n}]", self.hash).as_bytes(),
+        ))
+    }
 }
 
 #[cfg(test)]

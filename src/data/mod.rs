@@ -12,6 +12,7 @@
 //! - [`imagenet`]: ILSVRC2012 folders, JPEGs decoded, resized and centre-cropped on
 //!   demand, in parallel.
 //! - [`memory`]: [`InMemory`], the dataset of synthetic tests and of subsets.
+//! - [`limit`]: [`Limited`], the first N images of any source, without a copy.
 //! - [`spec`]: [`DatasetSpec`] (what the CLI's `--data kind:root` names) and
 //!   [`open_dataset`].
 
@@ -20,6 +21,7 @@ pub mod cifar10c;
 pub mod content_hash;
 pub mod idx;
 pub mod imagenet;
+pub mod limit;
 pub mod memory;
 pub mod npy;
 pub mod spec;
@@ -32,6 +34,7 @@ pub use cifar10::Cifar10;
 pub use cifar10c::{Cifar10c, Cifar10cOptions, CORRUPTIONS};
 pub use idx::{Idx, IdxKind};
 pub use imagenet::{BadFile, BadFilePolicy, ImageNet, ImageNetOptions};
+pub use limit::Limited;
 pub use memory::{subset, InMemory};
 pub use spec::{open_dataset, DatasetKind, DatasetSpec};
 
@@ -190,6 +193,19 @@ pub trait ImageSource: Send + Sync {
     /// report per corruption and severity; `None` for datasets without groups.
     fn group(&self, index: usize) -> Option<String> {
         let _ = index;
+        None
+    }
+    /// Files that could not be read and were skipped (ImageNet `bad-files=skip`);
+    /// empty for other datasets.
+    fn bad_files(&self) -> Vec<BadFile> {
+        Vec::new()
+    }
+    /// The content hash of the first `n` images when the reader can compute it
+    /// without decoding them (ImageNet: from its file list). `None` (the default):
+    /// [`limit::Limited`] hashes the pixels and labels it reads, which equals the
+    /// hash of an in-memory copy of those images.
+    fn prefix_hash(&self, n: usize) -> Option<String> {
+        let _ = n;
         None
     }
 }

@@ -236,10 +236,7 @@ pub fn open_dataset(spec: &DatasetSpec, split: Split) -> Result<Box<dyn ImageSou
         Split::Train => spec.limit,
     };
     Ok(match limit {
-        Some(n) if n < source.len() => {
-            let name = format!("{}[:{n}]", source.name());
-            Box::new(super::subset(source.as_ref(), &(0..n).collect::<Vec<_>>())?.with_name(name))
-        }
+        Some(n) if n < source.len() => Box::new(super::Limited::new(source, n)),
         _ => source,
     })
 }

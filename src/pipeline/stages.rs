@@ -16,49 +16,136 @@ use crate::data::{self, ImageSource, Split};
 use crate::job::SisJob;
 use crate::models::{self, Arch, ModelConfig};
 use crate::subsets::{MaskSource, RandomSubset, Selection, StoredSubsets};
+use crate::train::parallel::{train_data_parallel, Gang, GangConfig, EXIT_GANG_LOST};
 use crate::train::{self, eval, TrainConfig, TrainJob};
 
 /// Runs stages under `root/stages`.
 pub struct Stages {
     pub root: PathBuf,
+    /// Which stages this process may run (all of them, except in a stage job).
+    pub policy: Policy,
+}
+
+/// Which stages a process may run; any other must already be cached.
+#[derive(Clone, Debug)]
+pub enum Policy {
+    /// Run whatever is not cached (an embedded run).
+    Run,
+    /// Run only these stages (a Slurm stage job, a rank of a gang, the report job);
+    /// any other that is not cached is a [`NotDone`] error. `record`: write `key.json`
+    /// and `done.json` (false on ranks other than 0, which write nothing).
+    Only { stages: Vec<String>, record: bool },
+}
+
+/// A stage this process may not run has not finished yet: `dir` is where it will be.
+#[derive(Debug, thiserror::Error)]
+#[error("stage {name} has not finished ({}); run the pipeline again once it has", dir.display())]
+pub struct NotDone {
+    pub name: String,
+    pub dir: PathBuf,
 }
 
 impl Stages {
+    /// Stages under `root` that run whatever is not cached.
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            policy: Policy::Run,
+        }
+    }
+
+    /// The directory of stage `name` with inputs `key`: `stages/<name>-<hash>`.
+    pub fn dir<K: Serialize>(&self, name: &str, key: &K) -> PathBuf {
+        let json = serde_json::to_vec(key).expect("stage keys serialize");
+        let hash = crate::util::sha256_hex(&json);
+        self.root
+            .join("stages")
+            .join(format!("{name}-{}", &hash[..12]))
+    }
+
+    /// Creates the stage's directory and its `key.json`; returns the directory.
+    pub fn begin<K: Serialize>(&self, name: &str, key: &K) -> anyhow::Result<PathBuf> {
+        let dir = self.dir(name, key);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("key.json"), serde_json::to_vec_pretty(key)?)
+            .with_context(|| format!("writing {}", dir.join("key.json").display()))?;
+        Ok(dir)
+    }
+
+    /// Records a finished stage's result (atomically) as its `done.json`.
+    pub fn finish<T: Serialize>(dir: &Path, value: &T) -> anyhow::Result<()> {
+        let tmp = dir.join("done.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join("done.json"))
+            .with_context(|| format!("writing {}", dir.join("done.json").display()))?;
+        Ok(())
+    }
+
+    /// The cached result of a finished stage.
+    pub fn cached<T: DeserializeOwned>(dir: &Path) -> Option<T> {
+        let bytes = std::fs::read(dir.join("done.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// Returns the cached result of stage `name` with inputs `key`, or runs `run`
-    /// in its directory and caches what it returns.
+    /// in its directory and caches what it returns (as the policy allows).
     pub fn run<K: Serialize, T: Serialize + DeserializeOwned>(
         &self,
         name: &str,
         key: &K,
         run: impl FnOnce(&Path) -> anyhow::Result<T>,
     ) -> anyhow::Result<(PathBuf, T)> {
-        let json = serde_json::to_vec(key).expect("stage keys serialize");
-        let hash = crate::util::sha256_hex(&json);
-        let dir = self
-            .root
-            .join("stages")
-            .join(format!("{name}-{}", &hash[..12]));
-        let done = dir.join("done.json");
-        if let Ok(bytes) = std::fs::read(&done) {
-            if let Ok(value) = serde_json::from_slice(&bytes) {
-                tracing::info!(stage = name, dir = %dir.display(), "cached");
-                return Ok((dir, value));
-            }
+        let dir = self.dir(name, key);
+        if let Some(value) = Self::cached(&dir) {
+            tracing::info!(stage = name, dir = %dir.display(), "cached");
+            return Ok((dir, value));
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("key.json"), serde_json::to_vec_pretty(key)?)?;
+        let record = match &self.policy {
+            Policy::Run => true,
+            Policy::Only { stages, record } if stages.iter().any(|s| s == name) => *record,
+            Policy::Only { .. } => {
+                return Err(NotDone {
+                    name: name.to_string(),
+                    dir,
+                }
+                .into())
+            }
+        };
+        if record {
+            self.begin(name, key)?;
+        } else {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let span = tracing::info_span!("stage", name);
         let _enter = span.enter();
         tracing::info!(dir = %dir.display(), "running");
         let value = run(&dir).with_context(|| format!("stage {name} ({})", dir.display()))?;
-        let tmp = dir.join("done.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&value)?)?;
-        std::fs::rename(&tmp, &done)?;
+        if record {
+            Self::finish(&dir, &value)?;
+        }
         Ok((dir, value))
     }
 }
 
-/// Trains `arch` on full training images (or on `masks`) and returns the checkpoint dir.
+/// Marks a SIS stage finished when its store holds every image of its split but no
+/// `done.json` (a Slurm SIS job ends with its leader, which knows nothing of stages).
+pub fn adopt_complete_store(dir: &Path) -> anyhow::Result<bool> {
+    if dir.join("done.json").exists() || !dir.join("store").exists() {
+        return Ok(false);
+    }
+    let Ok(reader) = crate::store::StoreReader::open(dir.join("store")) else {
+        return Ok(false);
+    };
+    if (reader.len() as u64) < reader.meta().num_images {
+        return Ok(false);
+    }
+    Stages::finish(dir, &())?;
+    Ok(true)
+}
+
+/// Trains `arch` on full training images (or on `masks`) into `dir`, in this process
+/// or as one rank of the data-parallel `gang` (only rank 0 writes the checkpoint).
 #[allow(clippy::too_many_arguments)]
 pub fn train_model(
     dir: &Path,
@@ -68,6 +155,7 @@ pub fn train_model(
     masks: Option<&dyn MaskSource>,
     config: &TrainConfig,
     device: tch::Device,
+    gang: Option<&GangConfig>,
 ) -> anyhow::Result<()> {
     let arch: Arch = arch.parse()?;
     let [c, h, w] = train_set.shape();
@@ -81,7 +169,7 @@ pub fn train_model(
     }
     tch::manual_seed(config.seed as i64);
     let mut model = models::build(&model_config, device)?;
-    train::train(TrainJob {
+    let job = TrainJob {
         model: model.as_mut(),
         model_config: serde_json::to_value(&model_config)?,
         train_set,
@@ -90,9 +178,38 @@ pub fn train_model(
         test_masks: None,
         config: config.clone(),
         out_dir: dir.to_path_buf(),
-    })?;
+    };
+    match gang {
+        None => {
+            train::train(job)?;
+        }
+        Some(config) => {
+            let (rank, world_size) = (config.rank, config.world_size);
+            let lost = |source| train::TrainError::Collective {
+                rank,
+                world_size,
+                source,
+            };
+            let result = Gang::join(config)
+                .map_err(lost)
+                .and_then(|mut gang| train_data_parallel(job, &mut gang));
+            match result {
+                Ok(_) => {}
+                Err(err @ train::TrainError::Collective { .. }) => {
+                    return Err(anyhow::Error::new(GangLost).context(err.to_string()))
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
     Ok(())
 }
+
+/// A rank's gang lost a member: the gang restarts from the last checkpoint (the rank
+/// process exits with [`EXIT_GANG_LOST`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the gang lost a member (exit status {EXIT_GANG_LOST}: restart from the last checkpoint)")]
+pub struct GangLost;
 
 /// Runs SIS over a whole split through the embedded cluster into `store`.
 pub fn sis_split(job: &SisJob, workers: usize) -> anyhow::Result<()> {

@@ -96,7 +96,7 @@ pub use derive::{removal_order, subset_size, top_fraction};
 pub use manifest::{ManifestEntry, MANIFEST_FILE};
 pub use meta::{Provenance, StoreMeta, FORMAT_VERSION, READABLE_VERSIONS};
 pub use reader::{StoreIter, StoreReader};
-pub use segment::SEGMENT_FORMAT;
+pub use segment::{rank_dtype, removal_step_dtype, SEGMENT_FORMAT, U16_STEPS};
 pub use writer::{decode_payload, encode_payload, Appended, Recovery, StoreWriter};
 
 use crate::sis::ImageSis;

@@ -4,8 +4,10 @@
 //! image, applied to the normalized, un-augmented pixels (masked = 0 = dataset mean).
 
 pub mod export;
+pub mod kept_file;
 pub mod npz;
 pub mod random;
+pub mod stability;
 pub mod stored;
 
 use tch::Tensor;

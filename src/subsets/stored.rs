@@ -1,7 +1,10 @@
-//! Pixel subsets held as kept-pixel lists: derived from a SIS result store (the
-//! backselect top-q subset — the last `⌈q·p⌉` pixels BackSelect removed — or the SIS
-//! for a threshold τ) without the model, or loaded from a subset dataset written by
-//! `overinterp subsets`. Derived once, so training reads them at memory speed.
+//! Pixel subsets derived from a SIS result store (the backselect top-q subset — the
+//! last `⌈q·p⌉` pixels BackSelect removed — or the SIS for a threshold τ) without the
+//! model, or read from a subset dataset written by `overinterp subsets`.
+//!
+//! Nothing is held per image beyond an index: a batch's masks are derived (from the
+//! store's rows) or read (from the subset file) when the batch asks for them, so
+//! ImageNet's 1.28 M training subsets cost as little memory as CIFAR's.
 //!
 //! A subset dataset on disk is a directory with `subset.json` (what it is) and
 //! `kept.safetensors`: `indices` int64 `[N]`, `offsets` int64 `[N+1]` and `pixels`
@@ -14,11 +17,11 @@
 //! i = list(t["indices"]).index(42); kept = t["pixels"][t["offsets"][i]:t["offsets"][i+1]]
 //! ```
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use tch::Tensor;
 
+use super::kept_file::{KeptFile, KeptWriter, KEPT_FILE};
 use super::{MaskSource, SubsetError};
 use crate::store::StoreReader;
 
@@ -31,39 +34,56 @@ pub enum Selection {
     Sis(f32),
 }
 
-/// Kept pixels of every image of a dataset split.
-#[derive(Debug)]
+/// Where the kept pixels come from.
+enum Kept {
+    /// Derived per image from a SIS store's row.
+    Store {
+        reader: StoreReader,
+        selection: Selection,
+    },
+    /// Read per image from `kept.safetensors`.
+    File(KeptFile),
+}
+
+/// Kept pixels of the images of a dataset split (see the module doc).
 pub struct StoredSubsets {
-    kept: HashMap<usize, Vec<u32>>,
+    kept: Kept,
     height: usize,
     width: usize,
     describe: String,
 }
 
+impl std::fmt::Debug for StoredSubsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSubsets")
+            .field("describe", &self.describe)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of a written subset dataset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SavedCounts {
+    pub images: usize,
+    pub pixels_kept: u64,
+    pub images_with_none: usize,
+}
+
 impl StoredSubsets {
-    /// Derives the subsets of every image in `store`.
+    /// The subsets of every image in `store`, derived when asked for.
     pub fn from_store(store: &StoreReader, selection: Selection) -> Result<Self, SubsetError> {
         if let Selection::BackselectTop(q) = selection {
             super::check_fraction(q)?;
         }
         let meta = store.meta();
-        let mut kept = HashMap::with_capacity(store.len());
-        for index in store.indices() {
-            let pixels = match selection {
-                Selection::BackselectTop(q) => store.top_fraction_pixels(index, q),
-                Selection::Sis(tau) => store
-                    .sis_for_threshold(index, tau)
-                    .map(Option::unwrap_or_default),
-            }
-            .map_err(|e| SubsetError::Invalid(format!("store {}: {e}", store.dir().display())))?;
-            kept.insert(index as usize, pixels);
-        }
         let what = match selection {
             Selection::BackselectTop(q) => format!("backselect top {q}"),
             Selection::Sis(tau) => format!("SIS at threshold {tau}"),
         };
+        let reader = StoreReader::open_with(store.dir(), store.verify_mode())
+            .map_err(|e| SubsetError::Invalid(format!("store {}: {e}", store.dir().display())))?;
         Ok(Self {
-            kept,
+            kept: Kept::Store { reader, selection },
             height: meta.height as usize,
             width: meta.width as usize,
             describe: format!("{what} of {} ({})", store.dir().display(), meta.describe()),
@@ -71,8 +91,22 @@ impl StoredSubsets {
     }
 
     /// Kept pixels (row-major indices) of image `index`.
-    pub fn pixels(&self, index: usize) -> Result<&[u32], SubsetError> {
-        self.kept.get(&index).map(Vec::as_slice).ok_or_else(|| {
+    pub fn pixels(&self, index: usize) -> Result<Vec<u32>, SubsetError> {
+        let found = match &self.kept {
+            Kept::Store { reader, selection } => {
+                let store_err =
+                    |e| SubsetError::Invalid(format!("store {}: {e}", reader.dir().display()));
+                match reader.get(index as u64).map_err(store_err)? {
+                    None => None,
+                    Some(rec) => Some(match *selection {
+                        Selection::BackselectTop(q) => rec.top_fraction(q),
+                        Selection::Sis(tau) => rec.find_sis(tau).unwrap_or_default(),
+                    }),
+                }
+            }
+            Kept::File(file) => file.pixels(index)?,
+        };
+        found.ok_or_else(|| {
             SubsetError::Invalid(format!(
                 "{}: no SIS result for image {index}; run `overinterp sis` over the whole split first",
                 self.describe
@@ -80,12 +114,25 @@ impl StoredSubsets {
         })
     }
 
+    /// The image indices held, ascending.
+    pub fn indices(&self) -> Vec<usize> {
+        match &self.kept {
+            Kept::Store { reader, .. } => {
+                reader.indices().into_iter().map(|i| i as usize).collect()
+            }
+            Kept::File(file) => file.indices(),
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.kept.len()
+        match &self.kept {
+            Kept::Store { reader, .. } => reader.len(),
+            Kept::File(file) => file.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
+        self.len() == 0
     }
 
     /// Image height and width.
@@ -93,38 +140,35 @@ impl StoredSubsets {
         (self.height, self.width)
     }
 
-    /// Writes the subset dataset to `dir` (see the module doc for the format).
-    pub fn save(&self, dir: &Path) -> Result<(), SubsetError> {
+    /// Writes the subset dataset to `dir` (see the module doc for the format), one
+    /// image at a time, in index order.
+    pub fn save(&self, dir: &Path) -> Result<SavedCounts, SubsetError> {
         let io = |e: std::io::Error| SubsetError::Invalid(format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let mut indices: Vec<usize> = self.kept.keys().copied().collect();
-        indices.sort_unstable();
-        let mut offsets = vec![0i64];
-        let mut pixels = Vec::new();
-        for i in &indices {
-            pixels.extend(self.kept[i].iter().map(|&p| p as i32));
-            offsets.push(pixels.len() as i64);
+        let mut writer = KeptWriter::create(dir)?;
+        let mut images_with_none = 0;
+        for index in self.indices() {
+            let pixels = self.pixels(index)?;
+            images_with_none += pixels.is_empty() as usize;
+            writer.push(index, &pixels)?;
         }
-        let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-        let tensors = [
-            ("indices", Tensor::from_slice(&idx)),
-            ("offsets", Tensor::from_slice(&offsets)),
-            ("pixels", Tensor::from_slice(&pixels)),
-        ];
-        let tmp = dir.join("tmp.kept.safetensors");
-        Tensor::write_safetensors(&tensors, &tmp)?;
-        std::fs::rename(&tmp, dir.join(KEPT_FILE)).map_err(io)?;
+        let (images, pixels_kept) = writer.counts();
+        writer.finish()?;
         let info = SubsetInfo {
             describe: self.describe.clone(),
             height: self.height,
             width: self.width,
-            images: indices.len(),
+            images,
         };
         let json = serde_json::to_vec_pretty(&info).expect("subset info serializes");
-        std::fs::write(dir.join(INFO_FILE), json).map_err(io)
+        std::fs::write(dir.join(INFO_FILE), json).map_err(io)?;
+        Ok(SavedCounts {
+            images,
+            pixels_kept,
+            images_with_none,
+        })
     }
 
-    /// Loads a subset dataset written by [`StoredSubsets::save`].
+    /// Opens a subset dataset written by [`StoredSubsets::save`].
     pub fn load(dir: &Path) -> Result<Self, SubsetError> {
         let bad = |problem: String| SubsetError::Invalid(format!("{}: {problem}", dir.display()));
         let info_path = dir.join(INFO_FILE);
@@ -134,38 +178,9 @@ impl StoredSubsets {
             ))
         })?)
         .map_err(|e| bad(format!("{INFO_FILE}: {e}")))?;
-        let tensors = Tensor::read_safetensors(dir.join(KEPT_FILE))
-            .map_err(|e| bad(format!("{KEPT_FILE}: {e}")))?;
-        let get = |name: &str| {
-            tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.shallow_clone())
-                .ok_or_else(|| bad(format!("{KEPT_FILE} has no tensor {name:?}")))
-        };
-        let indices = Vec::<i64>::try_from(get("indices")?)?;
-        let offsets = Vec::<i64>::try_from(get("offsets")?)?;
-        let pixels = Vec::<i32>::try_from(get("pixels")?)?;
-        let p = (info.height * info.width) as i32;
-        if offsets.len() != indices.len() + 1
-            || offsets.windows(2).any(|w| w[0] > w[1])
-            || offsets.last().copied() != Some(pixels.len() as i64)
-            || pixels.iter().any(|&q| q < 0 || q >= p)
-        {
-            return Err(bad(format!(
-                "{KEPT_FILE} is inconsistent (offsets or pixel numbers out of range)"
-            )));
-        }
-        let kept = indices
-            .iter()
-            .enumerate()
-            .map(|(i, &index)| {
-                let run = &pixels[offsets[i] as usize..offsets[i + 1] as usize];
-                (index as usize, run.iter().map(|&q| q as u32).collect())
-            })
-            .collect();
+        let file = KeptFile::open(&dir.join(KEPT_FILE), info.height * info.width)?;
         Ok(Self {
-            kept,
+            kept: Kept::File(file),
             height: info.height,
             width: info.width,
             describe: info.describe,
@@ -173,7 +188,6 @@ impl StoredSubsets {
     }
 }
 
-const KEPT_FILE: &str = "kept.safetensors";
 const INFO_FILE: &str = "subset.json";
 
 /// `subset.json` of a subset dataset.
@@ -190,7 +204,7 @@ impl MaskSource for StoredSubsets {
         let p = self.height * self.width;
         let mut keep = vec![0f32; indices.len() * p];
         for (row, &index) in indices.iter().enumerate() {
-            for &pixel in self.pixels(index)? {
+            for pixel in self.pixels(index)? {
                 keep[row * p + pixel as usize] = 1.0;
             }
         }
@@ -204,5 +218,181 @@ impl MaskSource for StoredSubsets {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::sis::{ImageSis, Method};
+    use crate::store::{StoreMeta, StoreWriter, FORMAT_VERSION};
+
+    const H: u32 = 4;
+    const W: u32 = 5;
+
+    /// An exact-BackSelect store (one pixel per step) of `n` 4×5 images whose
+    /// removal order is a rotation of the pixel numbers by the image index.
+    fn store(dir: &Path, n: u64) -> StoreReader {
+        let meta = StoreMeta {
+            format_version: FORMAT_VERSION,
+            model: "m".into(),
+            model_sha256: "aa".repeat(32),
+            dataset: "d".into(),
+            dataset_sha256: "bb".repeat(32),
+            split: "test".into(),
+            method: Method::Exact,
+            thresholds: vec![0.5],
+            height: H,
+            width: W,
+            num_images: n,
+            seed: 0,
+            objective: crate::sis::Objective::LogOdds,
+            precision: "fp32".into(),
+            created_by: None,
+            extra: BTreeMap::new(),
+        };
+        let mut writer = StoreWriter::open(dir, meta).unwrap();
+        let p = (H * W) as u64;
+        for index in 0..n {
+            let _ = writer
+                .append(ImageSis {
+                    index,
+                    label: 0,
+                    predicted: 0,
+                    confidence: 0.9,
+                    height: H,
+                    width: W,
+                    // Pixel q is removed at step (q + index) mod p.
+                    removal_step: (0..p).map(|q| ((q + index) % p) as u32).collect(),
+                    rank_in_block: Vec::new(),
+                    confidence_history: vec![0.9; p as usize],
+                    collections: Vec::new(),
+                })
+                .unwrap();
+            writer.flush().unwrap();
+        }
+        StoreReader::open(dir).unwrap()
+    }
+
+    /// The last `m` pixels removed from image `index`, by hand: steps p−m..p−1,
+    /// i.e. pixels q with (q + index) mod 20 ≥ 20 − m.
+    fn expected(index: u64, m: u64) -> Vec<u32> {
+        (0..20u64)
+            .filter(|q| (q + index) % 20 >= 20 - m)
+            .map(|q| q as u32)
+            .collect()
+    }
+
+    #[test]
+    fn subsets_are_derived_per_batch_saved_and_read_back_in_a_standard_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = store(&dir.path().join("store"), 6);
+        // q = 0.25 of 20 pixels: the last 5 removed.
+        let subsets = StoredSubsets::from_store(&reader, Selection::BackselectTop(0.25)).unwrap();
+        for i in 0..6 {
+            assert_eq!(
+                subsets.pixels(i as usize).unwrap(),
+                expected(i, 5),
+                "image {i}"
+            );
+        }
+        let masks = subsets.masks(&[3, 1]).unwrap();
+        assert_eq!(masks.size(), vec![2, 1, 4, 5]);
+        let flat = Vec::<f32>::try_from(masks.flatten(0, -1)).unwrap();
+        for (row, index) in [3u64, 1].into_iter().enumerate() {
+            for q in 0..20 {
+                let kept = expected(index, 5).contains(&(q as u32));
+                assert_eq!(flat[row * 20 + q], kept as u8 as f32);
+            }
+        }
+        let missing = subsets.pixels(9).unwrap_err().to_string();
+        assert!(missing.contains("no SIS result for image 9"), "{missing}");
+
+        // Saved by the streaming writer, read by libtorch's safetensors reader.
+        let out = dir.path().join("bs25");
+        let counts = subsets.save(&out).unwrap();
+        assert_eq!(
+            (counts.images, counts.pixels_kept, counts.images_with_none),
+            (6, 30, 0)
+        );
+        let tensors = Tensor::read_safetensors(out.join(KEPT_FILE)).unwrap();
+        let get = |name: &str| {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .shallow_clone()
+        };
+        assert_eq!(
+            Vec::<i64>::try_from(get("indices")).unwrap(),
+            vec![0, 1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            Vec::<i64>::try_from(get("offsets")).unwrap(),
+            vec![0, 5, 10, 15, 20, 25, 30]
+        );
+        let pixels = Vec::<i32>::try_from(get("pixels")).unwrap();
+        assert_eq!(
+            pixels[10..15].iter().map(|&q| q as u32).collect::<Vec<_>>(),
+            expected(2, 5)
+        );
+
+        // Loaded back, and a file written by libtorch's writer (unsorted rows) reads too.
+        let loaded = StoredSubsets::load(&out).unwrap();
+        assert_eq!((loaded.len(), loaded.image_size()), (6, (4, 5)));
+        for i in 0..6 {
+            assert_eq!(loaded.pixels(i as usize).unwrap(), expected(i, 5));
+        }
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::copy(out.join(INFO_FILE), theirs.join(INFO_FILE)).unwrap();
+        let px: Vec<i32> = [7, 8, 1, 2, 3].into_iter().collect();
+        Tensor::write_safetensors(
+            &[
+                ("indices", Tensor::from_slice(&[4i64, 0])),
+                ("offsets", Tensor::from_slice(&[0i64, 2, 5])),
+                ("pixels", Tensor::from_slice(&px)),
+            ],
+            theirs.join(KEPT_FILE),
+        )
+        .unwrap();
+        let theirs = StoredSubsets::load(&theirs).unwrap();
+        assert_eq!(theirs.indices(), vec![0, 4]);
+        assert_eq!(theirs.pixels(0).unwrap(), vec![1, 2, 3]);
+        assert_eq!(theirs.pixels(4).unwrap(), vec![7, 8]);
+    }
+
+    #[test]
+    fn a_pixel_outside_the_image_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = SubsetInfo {
+            describe: "x".into(),
+            height: 2,
+            width: 2,
+            images: 1,
+        };
+        std::fs::write(
+            dir.path().join(INFO_FILE),
+            serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
+        Tensor::write_safetensors(
+            &[
+                ("indices", Tensor::from_slice(&[0i64])),
+                ("offsets", Tensor::from_slice(&[0i64, 1])),
+                ("pixels", Tensor::from_slice(&[4i32])),
+            ],
+            dir.path().join(KEPT_FILE),
+        )
+        .unwrap();
+        let s = StoredSubsets::load(dir.path()).unwrap();
+        let err = s.pixels(0).unwrap_err().to_string();
+        assert!(
+            err.contains(KEPT_FILE) && err.contains("pixel 4 is outside the 4-pixel image"),
+            "{err}"
+        );
     }
 }

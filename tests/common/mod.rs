@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod planted;
 pub mod slurm;
 
 use overinterp::data::{DataError, ImageSource, Normalization};

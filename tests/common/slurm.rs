@@ -100,9 +100,24 @@ impl SlurmCluster {
     /// Starts the cluster with `nodes` emulated nodes (node1..nodeN) unless one of that
     /// size is already up, and waits until every node is idle or busy with jobs.
     pub fn up(nodes: usize) -> Result<Self, SlurmError> {
+        Self::start(nodes, None)
+    }
+
+    /// A cluster of its own, with its state in `dir` and slurmctld on `port` (node K
+    /// on port + K): starting it never restarts the shared cluster of [`Self::up`],
+    /// whatever its size, and the two run side by side.
+    pub fn up_at(nodes: usize, dir: &Path, port: u16) -> Result<Self, SlurmError> {
+        Self::start(nodes, Some((dir, port)))
+    }
+
+    fn start(nodes: usize, own: Option<(&Path, u16)>) -> Result<Self, SlurmError> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let mut cmd = Command::new(root.join("scripts/slurm-up"));
         cmd.arg(nodes.to_string());
+        if let Some((dir, port)) = own {
+            cmd.env("OVERINTERP_SLURM_DIR", dir)
+                .env("OVERINTERP_SLURM_PORT", port.to_string());
+        }
         let (command, output) = run(cmd)?;
         if !output.status.success() {
             return Err(failure(command, &output));

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{serve, ConnContext, Event, Outbound};
+use super::status::{spawn_progress, ProgressHook};
 use super::tls::{
     leader_transport, write_atomic, Credentials, ADDR_FILE, COMPLETE_FILE, INCOMING_BUFFER,
 };
@@ -68,6 +69,9 @@ pub struct LeaderConfig {
     pub idle_timeout: Duration,
     /// How long to wait for workers to take `JobComplete` and leave before closing.
     pub linger: Duration,
+    /// Called with a status snapshot at a fixed interval while the job runs (progress
+    /// bars and log lines live with the caller); `None`: no progress reports.
+    pub progress: Option<ProgressHook>,
 }
 
 impl LeaderConfig {
@@ -97,6 +101,7 @@ impl LeaderConfig {
             max_unauthenticated: 64,
             idle_timeout: Duration::from_secs(20),
             linger: Duration::from_secs(5),
+            progress: None,
         }
     }
 }
@@ -129,7 +134,7 @@ pub struct JobReport {
 /// Asks a running leader for a status snapshot, in process.
 #[derive(Debug, Clone)]
 pub struct StatusHandle {
-    events: mpsc::Sender<Event>,
+    pub(super) events: mpsc::Sender<Event>,
 }
 
 impl StatusHandle {
@@ -264,6 +269,9 @@ impl Leader {
 
     /// Runs the job until every shard is durable, it fails, or shutdown is triggered.
     pub async fn run(self) -> Result<JobReport, NetError> {
+        if let Some(hook) = self.config.progress.clone() {
+            spawn_progress(self.status_handle(), hook);
+        }
         let Leader {
             config,
             endpoint,

@@ -28,6 +28,6 @@ pub use error::NetError;
 pub use leader::{run_leader, JobReport, Leader, LeaderConfig, StatusHandle};
 pub use local::{run_local, LocalReport};
 pub use shutdown::{Shutdown, ShutdownHandle};
-pub use status::{query_status, query_status_lifting};
+pub use status::{query_status, query_status_lifting, ProgressHook};
 pub use tls::{Credentials, SECRET_ENV};
 pub use worker::{run_worker, WorkerConfig, WorkerOutcome, WorkerReport};

@@ -1,0 +1,278 @@
+//! The report as a list of blocks, built once from the analyses so that the
+//! Markdown and HTML renderings cannot disagree.
+
+use std::fs;
+use std::path::Path;
+
+use super::super::analyses::{Analyses, MeanCi};
+use super::prose::findings;
+use super::{fmt_ci, fmt_stat, pct};
+
+/// One piece of the report, rendered to Markdown or HTML.
+#[derive(Clone, Debug)]
+pub(super) enum Block {
+    Heading(u8, String),
+    Paragraph(String),
+    Table {
+        header: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
+    Figure {
+        src: String,
+        caption: String,
+        /// Display size in HTML (pixel-art scaling for small galleries).
+        size: Option<(u32, u32)>,
+    },
+    Code {
+        lang: String,
+        text: String,
+    },
+}
+
+pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) -> Vec<Block> {
+    let mut b = Vec::new();
+    let q = super::super::report_pct(a.fraction);
+    b.push(Block::Heading(
+        1,
+        format!("Overinterpretation report: {}", a.name),
+    ));
+    b.push(Block::Paragraph(format!(
+        "Dataset {} ({} training images, {} test images); subset fraction {}% of pixels. Accuracies, confidences and SIS sizes are percentages with two decimals; ± is one standard deviation over replicates, (n) the number of replicates or images.",
+        a.dataset, a.train_images, a.test_images, q
+    )));
+    b.push(Block::Heading(2, "Findings".into()));
+    b.push(Block::Paragraph(findings(a)));
+
+    // Table 1 analog.
+    let mut evals: Vec<String> = Vec::new();
+    for r in &a.table1 {
+        for (e, _) in &r.eval_on {
+            if !evals.contains(e) {
+                evals.push(e.clone());
+            }
+        }
+    }
+    if !a.table1.is_empty() {
+        b.push(Block::Heading(
+            2,
+            "Accuracy by training and evaluation data (Table 1 analog)".into(),
+        ));
+        b.push(Block::Paragraph(format!(
+            "Test accuracy (%) as mean ± std (number of replicate models). \"BS\" subsets keep the {q}% of pixels that backward selection on the original model kept; \"Random\" subsets keep {q}% of pixels chosen at random; all other pixels are masked."
+        )));
+        let mut header = vec!["Model".to_string(), "Trained on".to_string()];
+        header.extend(evals.iter().map(|e| format!("Evaluated on {e}")));
+        let rows = a
+            .table1
+            .iter()
+            .map(|r| {
+                let mut row = vec![r.model.clone(), r.train_on.clone()];
+                row.extend(evals.iter().map(|e| {
+                    r.eval_on
+                        .iter()
+                        .find(|(n, _)| n == e)
+                        .map_or("—".to_string(), |(_, s)| fmt_stat(s))
+                }));
+                row
+            })
+            .collect();
+        b.push(Block::Table { header, rows });
+    }
+
+    if !a.confidence.is_empty() {
+        b.push(Block::Heading(2, "Confidence of the original model".into()));
+        b.push(Block::Paragraph(
+            "Mean confidence (%) of the model trained on full images in its predicted class, on full test images and on their subsets. The drop is full − BS.".into(),
+        ));
+        b.push(Block::Table {
+            header: vec![
+                "Model".into(),
+                "Full images".into(),
+                format!("BS {q}% subsets"),
+                format!("Random {q}% subsets"),
+                "Drop (full − BS)".into(),
+            ],
+            rows: a
+                .confidence
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.model.clone(),
+                        pct(c.full),
+                        pct(c.backselect),
+                        pct(c.random),
+                        pct(c.full - c.backselect),
+                    ]
+                })
+                .collect(),
+        });
+    }
+
+    if !a.sis_size.is_empty() {
+        b.push(Block::Heading(
+            2,
+            "SIS size vs. threshold (Figure 5 analog)".into(),
+        ));
+        b.push(Block::Paragraph(
+            "Mean sufficient-input-subset size (% of the image's pixels) at each threshold τ, over the test images the model predicts with confidence ≥ τ; (n) is how many such images there are.".into(),
+        ));
+        let mut taus: Vec<f32> = Vec::new();
+        for c in &a.sis_size {
+            for &t in &c.thresholds {
+                if !taus.iter().any(|&u| u.to_bits() == t.to_bits()) {
+                    taus.push(t);
+                }
+            }
+        }
+        taus.sort_by(|x, y| x.total_cmp(y));
+        let mut header = vec!["Threshold τ".to_string()];
+        header.extend(a.sis_size.iter().map(|c| c.model.clone()));
+        let rows = taus
+            .iter()
+            .map(|&t| {
+                let mut row = vec![format!("{t}")];
+                row.extend(a.sis_size.iter().map(|c| {
+                    c.thresholds
+                        .iter()
+                        .position(|&u| u.to_bits() == t.to_bits())
+                        .and_then(|i| {
+                            Some(format!(
+                                "{} ({})",
+                                pct(*c.mean_fraction.get(i)?),
+                                c.images_with_sis.get(i)?
+                            ))
+                        })
+                        .unwrap_or_else(|| "—".into())
+                }));
+                row
+            })
+            .collect();
+        b.push(Block::Table { header, rows });
+    }
+
+    if !a.correct_vs_wrong.is_empty() {
+        b.push(Block::Heading(
+            2,
+            "SIS size of correct vs. wrong predictions (Figure 4 analog)".into(),
+        ));
+        b.push(Block::Paragraph(
+            "Mean SIS size (% of pixels) [95% confidence interval] (number of images) of correctly and wrongly classified test images.".into(),
+        ));
+        b.push(Block::Table {
+            header: vec![
+                "Model".into(),
+                "Threshold τ".into(),
+                "Correctly classified".into(),
+                "Misclassified".into(),
+            ],
+            rows: a
+                .correct_vs_wrong
+                .iter()
+                .map(|c| {
+                    let cell = |m: &Option<MeanCi>| m.as_ref().map_or("—".into(), fmt_ci);
+                    vec![
+                        c.model.clone(),
+                        format!("{}", c.threshold),
+                        cell(&c.correct),
+                        cell(&c.wrong),
+                    ]
+                })
+                .collect(),
+        });
+    }
+
+    if let Some(t) = &a.transfer {
+        b.push(Block::Heading(
+            2,
+            "Transfer of backselect subsets between models (§4.1)".into(),
+        ));
+        b.push(Block::Paragraph(
+            "Test accuracy (%) of the model in each column on the backselect test subsets selected by the model in each row.".into(),
+        ));
+        let mut header = vec!["Subsets from \\ evaluated by".to_string()];
+        header.extend(t.evaluators.iter().cloned());
+        let rows = t
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut row = vec![s.clone()];
+                row.extend((0..t.evaluators.len()).map(|j| {
+                    t.accuracy
+                        .get(i)
+                        .and_then(|r| r.get(j))
+                        .map_or("—".into(), |&v| pct(v))
+                }));
+                row
+            })
+            .collect();
+        b.push(Block::Table { header, rows });
+    }
+
+    b.push(Block::Heading(2, "Figures".into()));
+    for (src, caption) in figs {
+        b.push(Block::Figure {
+            src: src.clone(),
+            caption: caption.clone(),
+            size: None,
+        });
+    }
+
+    if !a.galleries.is_empty() {
+        b.push(Block::Heading(2, "SIS galleries (Figure 1 analog)".into()));
+        for g in &a.galleries {
+            let rows: Vec<String> = g
+                .rows
+                .iter()
+                .map(|(i, y, p)| format!("image {i} (label {y}, predicted {p})"))
+                .collect();
+            b.push(Block::Figure {
+                size: gallery_size(&dir.join(&g.png)),
+                src: g.png.clone(),
+                caption: format!(
+                    "{} at threshold {}: each row shows the original test image, the location of its SIS, and the SIS alone (all other pixels masked), which the model still classifies with confidence ≥ {}. Rows: {}.",
+                    g.model,
+                    g.threshold,
+                    g.threshold,
+                    rows.join("; ")
+                ),
+            });
+        }
+    }
+
+    b.push(Block::Heading(2, "Settings".into()));
+    let mut rows = vec![
+        vec!["dataset".to_string(), a.dataset.clone()],
+        vec!["training images".into(), a.train_images.to_string()],
+        vec!["test images".into(), a.test_images.to_string()],
+        vec!["subset fraction".into(), format!("{q}%")],
+    ];
+    rows.extend(a.settings.iter().map(|(k, v)| vec![k.clone(), v.clone()]));
+    b.push(Block::Table {
+        header: vec!["Setting".into(), "Value".into()],
+        rows,
+    });
+    b.push(Block::Heading(2, "Configuration".into()));
+    b.push(Block::Paragraph(
+        "The full pipeline spec that produced this report:".into(),
+    ));
+    b.push(Block::Code {
+        lang: "toml".into(),
+        text: a.spec.clone(),
+    });
+    b
+}
+
+/// Display size for a gallery PNG: galleries of small images (28×28 panels)
+/// are scaled up by a whole factor to about 480 px wide, at most 1600 px
+/// tall, drawn pixelated so no pixel is blurred; `None` (natural size) if the
+/// file cannot be read.
+fn gallery_size(path: &Path) -> Option<(u32, u32)> {
+    let file = fs::File::open(path).ok()?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .ok()?;
+    let (w, h) = (reader.info().width.max(1), reader.info().height.max(1));
+    let factor = (480 / w).min(1600 / h).max(1);
+    Some((w * factor, h * factor))
+}
