@@ -62,6 +62,18 @@ pub struct Answer {
     pub answered_ms: i64,
 }
 
+/// One participant's progress (the admin page).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub code: String,
+    /// When they started (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// Answers given.
+    pub answered: i64,
+    /// When they last answered.
+    pub last_ms: Option<i64>,
+}
+
 /// What became of a submitted answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Submitted {
@@ -264,8 +276,8 @@ impl AnswerDb {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Per participant: code, when they started, answers given, last answer time.
-    pub fn progress(&self) -> Result<Vec<(String, i64, i64, Option<i64>)>, HumanError> {
+    /// Every participant's progress, in order of arrival.
+    pub fn progress(&self) -> Result<Vec<Progress>, HumanError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -275,7 +287,14 @@ impl AnswerDb {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map([], |r| {
+                Ok(Progress {
+                    code: r.get(0)?,
+                    created_ms: r.get(1)?,
+                    answered: r.get(2)?,
+                    last_ms: r.get(3)?,
+                })
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }

@@ -406,7 +406,7 @@ async fn participant(
                 batch: at.fraction,
                 batches: st.study.fractions.len(),
                 fraction: st.study.fractions[at.fraction],
-                first_of_batch: answered % per_batch == 0,
+                first_of_batch: answered.is_multiple_of(per_batch),
                 trial_id: &trial.id,
                 choices: &choices,
             }),
@@ -626,11 +626,11 @@ async fn admin_page(
     let rows = with_db(&state, |db, _| db.progress()).await?;
     let rows: Vec<pages::ProgressRow> = rows
         .into_iter()
-        .map(|(code, started, answered, last)| pages::ProgressRow {
-            code,
-            started: utc(started),
-            answered,
-            last: last.map(utc).unwrap_or_else(|| "–".into()),
+        .map(|p| pages::ProgressRow {
+            code: p.code,
+            started: utc(p.created_ms),
+            answered: p.answered,
+            last: p.last_ms.map(utc).unwrap_or_else(|| "–".into()),
         })
         .collect();
     Ok(html(
