@@ -262,7 +262,9 @@ fn sis_sbatch_preempted_requeues_and_resumes() {
         .unwrap_or_else(|e| panic!("sis job {job}: {e}; output:\n{}", read(&out)));
     let log = read(&out);
     assert_eq!(state, "COMPLETED", "output:\n{log}");
-    assert!(log.contains("worker done (Drained)"), "no drain:\n{log}");
+    // The script requeues before it drains (issue 10, item 8): Slurm then ends this run
+    // within KillWait, so a drain is best effort and the rerun resumes from the store.
+    assert!(log.contains("requeueing job"), "no requeue:\n{log}");
     assert!(log.contains("(restart 1)"), "no rerun:\n{log}");
     assert!(
         log.contains("job done: 128 of 128 images"),

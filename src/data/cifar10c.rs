@@ -179,14 +179,6 @@ impl Cifar10c {
         let per_severity = rows / NUM_SEVERITIES as usize;
 
         let mut files = Vec::with_capacity(corruptions.len());
-        // Content hashes of the files read (cached by path, size, mtime and inode).
-        let mut rels = vec![LABELS_FILE.to_string()];
-        rels.extend(corruptions.iter().map(|c| format!("{c}.npy")));
-        let file_hashes = super::content_hash::hash_files(dir, &rels)?;
-        let mut hasher = Sha256::new();
-        for (rel, sha) in rels.iter().zip(&file_hashes) {
-            hasher.update(format!("{rel} {sha}\n"));
-        }
         for c in &corruptions {
             let path = dir.join(format!("{c}.npy"));
             let file = NpyFile::open(&path)?;
@@ -202,6 +194,16 @@ impl Cifar10c {
                 });
             }
             files.push(file);
+        }
+        // Content hashes of the files read (cached by path, size, mtime and inode), once
+        // each file has been opened and checked, so a missing or malformed one is
+        // reported as such first.
+        let mut rels = vec![LABELS_FILE.to_string()];
+        rels.extend(corruptions.iter().map(|c| format!("{c}.npy")));
+        let file_hashes = super::content_hash::hash_files(dir, &rels)?;
+        let mut hasher = Sha256::new();
+        for (rel, sha) in rels.iter().zip(&file_hashes) {
+            hasher.update(format!("{rel} {sha}\n"));
         }
 
         let per_pair = per_severity;

@@ -100,6 +100,10 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(shape: [i64; 3], classes: i64, seed: i64) -> Self {
+        // libtorch's RNG is global: tests of one binary run in parallel threads, so
+        // seeding and initializing must not interleave with another test's.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
         let p = &vs.root();
