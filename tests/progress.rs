@@ -8,34 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::cli::{run_ok, sis_command, BIN, DATA};
-
-/// Trains the fixture model (one epoch on 300 images) into `dir/model`.
-fn model(dir: &Path) -> std::path::PathBuf {
-    let model = dir.join("model");
-    run_ok(
-        Command::new(BIN)
-            .args([
-                "train",
-                "--arch",
-                "small-cnn",
-                "--data",
-                "fashion-mnist?limit=300",
-            ])
-            .args([
-                "--epochs",
-                "1",
-                "--no-augment",
-                "--no-eval",
-                "--threads",
-                "1",
-            ])
-            .arg("--out")
-            .arg(&model),
-        "overinterp train (fixture model)",
-    );
-    model
-}
+use common::cli::{fixture_model as model, sis_command, BIN, DATA};
 
 /// Runs `cmd` with stderr into `log` (a file: not a terminal) and a 0.2 s progress
 /// interval; returns the log.

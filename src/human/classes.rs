@@ -1,33 +1,11 @@
-//! Class names for the answer buttons. `src/data` knows labels only as numbers; a
-//! participant needs words. The names are the datasets' published ones.
+//! Class names for the answer buttons: a participant needs words,
+//! not label numbers. The names are the datasets' published ones.
 
-/// Fashion-MNIST's classes, in label order (Xiao et al., 2017).
-pub const FASHION_MNIST: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+/// Fashion-MNIST's classes, in label order (Xiao et al., 2017): the IDX reader's.
+pub const FASHION_MNIST: [&str; 10] = crate::data::idx::FASHION_CLASSES;
 
-/// CIFAR-10's classes, in label order (`batches.meta.txt`).
-pub const CIFAR10: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+/// CIFAR-10's classes, in label order (`batches.meta.txt`): the CIFAR-10 reader's.
+pub const CIFAR10: [&str; 10] = crate::data::cifar10::CLASSES;
 
 /// MNIST's classes: the digits.
 pub const MNIST: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];

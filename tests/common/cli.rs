@@ -45,6 +45,17 @@ pub fn sis_command(model: &Path, out: &Path) -> Command {
 /// Trains a small CNN for one epoch on 300 Fashion-MNIST images into `dir/model`
 /// and computes the reference store `dir/reference` in one process.
 pub fn model_and_reference(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = fixture_model(dir);
+    let reference = dir.join("reference");
+    run_ok(
+        &mut sis_command(&model, &reference),
+        "overinterp sis (reference store)",
+    );
+    (model, reference)
+}
+
+/// Trains the tests' small CNN (one epoch on 300 Fashion-MNIST images) into `dir/model`.
+pub fn fixture_model(dir: &Path) -> PathBuf {
     let model = dir.join("model");
     run_ok(
         Command::new(BIN)
@@ -67,10 +78,5 @@ pub fn model_and_reference(dir: &Path) -> (PathBuf, PathBuf) {
             .arg(&model),
         "overinterp train (fixture model)",
     );
-    let reference = dir.join("reference");
-    run_ok(
-        &mut sis_command(&model, &reference),
-        "overinterp sis (reference store)",
-    );
-    (model, reference)
+    model
 }
