@@ -339,7 +339,7 @@ fn answer(
             others[rng.below(others.len())]
         };
         let key = classes.iter().position(|&c| c == choice).unwrap();
-        if log.len() % 3 == 0 {
+        if log.len().is_multiple_of(3) {
             s.press_key(&key.to_string());
         } else {
             s.click(
@@ -747,7 +747,7 @@ fn scan_what_the_browser_received(
 /// A trial page with trial ids (16 hex digits) and numbers blanked.
 fn normalize_trial_page(page: &str) -> String {
     let mut out = String::new();
-    let mut chars = page.chars().peekable();
+    let chars = page.chars();
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
         if word.len() == 16 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -769,7 +769,7 @@ fn normalize_trial_page(page: &str) -> String {
         }
         word.clear();
     };
-    while let Some(c) = chars.next() {
+    for c in chars {
         if c.is_ascii_alphanumeric() {
             word.push(c);
         } else {

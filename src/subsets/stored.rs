@@ -38,7 +38,8 @@ pub enum Selection {
 enum Kept {
     /// Derived per image from a SIS store's row.
     Store {
-        reader: StoreReader,
+        /// Boxed: a reader is much larger than a kept file.
+        reader: Box<StoreReader>,
         selection: Selection,
     },
     /// Read per image from `kept.safetensors`.
@@ -83,7 +84,10 @@ impl StoredSubsets {
         let reader = StoreReader::open_with(store.dir(), store.verify_mode())
             .map_err(|e| SubsetError::Invalid(format!("store {}: {e}", store.dir().display())))?;
         Ok(Self {
-            kept: Kept::Store { reader, selection },
+            kept: Kept::Store {
+                reader: Box::new(reader),
+                selection,
+            },
             height: meta.height as usize,
             width: meta.width as usize,
             describe: format!("{what} of {} ({})", store.dir().display(), meta.describe()),
@@ -96,13 +100,13 @@ impl StoredSubsets {
             Kept::Store { reader, selection } => {
                 let store_err =
                     |e| SubsetError::Invalid(format!("store {}: {e}", reader.dir().display()));
-                match reader.get(index as u64).map_err(store_err)? {
-                    None => None,
-                    Some(rec) => Some(match *selection {
+                reader
+                    .get(index as u64)
+                    .map_err(store_err)?
+                    .map(|rec| match *selection {
                         Selection::BackselectTop(q) => rec.top_fraction(q),
                         Selection::Sis(tau) => rec.find_sis(tau).unwrap_or_default(),
-                    }),
-                }
+                    })
             }
             Kept::File(file) => file.pixels(index)?,
         };
@@ -146,11 +150,15 @@ impl StoredSubsets {
         let io = |e: std::io::Error| SubsetError::Invalid(format!("{}: {e}", dir.display()));
         let mut writer = KeptWriter::create(dir)?;
         let mut images_with_none = 0;
-        for index in self.indices() {
+        let indices = self.indices();
+        let mut progress = crate::util::Progress::new("subsets", indices.len() as u64);
+        for index in indices {
             let pixels = self.pixels(index)?;
             images_with_none += pixels.is_empty() as usize;
             writer.push(index, &pixels)?;
+            progress.inc(1);
         }
+        progress.finish();
         let (images, pixels_kept) = writer.counts();
         writer.finish()?;
         let info = SubsetInfo {
