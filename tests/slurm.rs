@@ -146,6 +146,62 @@ fn stored(store: &Path) -> usize {
     StoreReader::open(store).map_or(0, |r| r.len())
 }
 
+/// Polls `cond` every 100 ms; fails after `secs` with the job's output.
+fn poll_until(out: &Path, what: &str, secs: u64, cond: &dyn Fn() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{what} not seen in {secs} s; output:\n{}",
+            read(out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Preempts the running `job` once `first` images are stored (the real signal
+/// `scancel --signal=USR1 --batch` stands in for), waits for its requeue and its
+/// rerun to complete, and asserts the rerun finished all 128 images. Returns the
+/// images stored before the requeue and the job's output.
+fn preempt_and_finish(
+    cluster: &SlurmCluster,
+    s: &Setup,
+    job: u64,
+    out: &Path,
+    first: usize,
+    secs: u64,
+) -> (usize, String) {
+    poll_until(out, "the first images stored", secs, &|| {
+        stored(&s.store) >= first
+    });
+    cluster
+        .scancel(job, &["--signal=USR1", "--batch"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    poll_until(out, "the requeue", secs, &|| {
+        cluster
+            .job_field(job, "JobState")
+            .is_ok_and(|st| st == "PENDING")
+    });
+    let partial = stored(&s.store);
+    assert!(partial < 128, "the job ended before the preemption");
+    // A requeued job waits cred_expire+1 s; see tests/slurm-smoke.sh for why not now.
+    let _ = cluster
+        .command("scontrol")
+        .args(["update", &format!("JobId={job}"), "StartTime=now+2"])
+        .status();
+    let state = cluster
+        .wait(job, Duration::from_secs(3 * secs))
+        .unwrap_or_else(|e| panic!("sis job {job}: {e}; output:\n{}", read(out)));
+    let log = read(out);
+    assert_eq!(state, "COMPLETED", "output:\n{log}");
+    assert!(log.contains("(restart 1)"), "no rerun:\n{log}");
+    assert!(
+        log.contains("job done: 128 of 128 images"),
+        "output:\n{log}"
+    );
+    (partial, log)
+}
+
 #[test]
 fn sis_sbatch_with_added_workers_equals_single_process() {
     if !may_run() {
@@ -230,46 +286,10 @@ fn sis_sbatch_preempted_requeues_and_resumes() {
     let s = setup();
     let out = s.dir.path().join("sis.out");
     let job = s.submit_sis(&cluster, &out);
-    let poll_until = |what: &str, secs: u64, cond: &dyn Fn() -> bool| {
-        let t = Instant::now();
-        while !cond() {
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "{what} not seen in {secs} s; output:\n{}",
-                read(&out)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    poll_until("16 images stored", 60, &|| stored(&s.store) >= 16);
-    cluster
-        .scancel(job, &["--signal=USR1", "--batch"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    poll_until("the requeue", 30, &|| {
-        cluster
-            .job_field(job, "JobState")
-            .is_ok_and(|st| st == "PENDING")
-    });
-    let partial = stored(&s.store);
-    assert!(partial < 128, "the job ended before the preemption");
-    // A requeued job waits cred_expire+1 s; see tests/slurm-smoke.sh for why not now.
-    let _ = cluster
-        .command("scontrol")
-        .args(["update", &format!("JobId={job}"), "StartTime=now+2"])
-        .status();
-    let state = cluster
-        .wait(job, Duration::from_secs(90))
-        .unwrap_or_else(|e| panic!("sis job {job}: {e}; output:\n{}", read(&out)));
-    let log = read(&out);
-    assert_eq!(state, "COMPLETED", "output:\n{log}");
+    let (partial, log) = preempt_and_finish(&cluster, &s, job, &out, 16, 60);
     // The script requeues before it drains (issue 10, item 8): Slurm then ends this run
     // within KillWait, so a drain is best effort and the rerun resumes from the store.
     assert!(log.contains("requeueing job"), "no requeue:\n{log}");
-    assert!(log.contains("(restart 1)"), "no rerun:\n{log}");
-    assert!(
-        log.contains("job done: 128 of 128 images"),
-        "output:\n{log}"
-    );
     s.assert_same_as_reference();
     eprintln!(
         "preemption test: {:.1} s, {partial} images stored before the requeue",
@@ -350,37 +370,7 @@ fn sis_sbatch_preempted_mid_mini_batch_longer_than_the_window_still_resumes() {
             s.store.as_os_str(),
         ])
         .unwrap_or_else(|e| panic!("sbatch sis.sbatch: {e}"));
-    let poll_until = |what: &str, secs: u64, cond: &dyn Fn() -> bool| {
-        let t = Instant::now();
-        while !cond() {
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "{what} not seen in {secs} s; output:\n{}",
-                read(&out)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    poll_until("a mini-batch stored", 120, &|| stored(&s.store) >= 32);
-    cluster
-        .scancel(job, &["--signal=USR1", "--batch"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    poll_until("the requeue", 60, &|| {
-        cluster
-            .job_field(job, "JobState")
-            .is_ok_and(|st| st == "PENDING")
-    });
-    let partial = stored(&s.store);
-    assert!(partial < 128, "the job ended before the preemption");
-    let _ = cluster
-        .command("scontrol")
-        .args(["update", &format!("JobId={job}"), "StartTime=now+2"])
-        .status();
-    let state = cluster
-        .wait(job, Duration::from_secs(180))
-        .unwrap_or_else(|e| panic!("sis job {job}: {e}; output:\n{}", read(&out)));
-    let log = read(&out);
-    assert_eq!(state, "COMPLETED", "output:\n{log}");
+    let (partial, log) = preempt_and_finish(&cluster, &s, job, &out, 32, 120);
     let requeue = log.find("requeueing job").expect("no requeue");
     let cut = log
         .find("did not drain within 1 s")
@@ -388,11 +378,6 @@ fn sis_sbatch_preempted_mid_mini_batch_longer_than_the_window_still_resumes() {
     assert!(
         requeue < cut,
         "the requeue must come before the drain:\n{log}"
-    );
-    assert!(log.contains("(restart 1)"), "no rerun:\n{log}");
-    assert!(
-        log.contains("job done: 128 of 128 images"),
-        "output:\n{log}"
     );
     let want = StoreReader::open(&reference).expect("reference store");
     let got = StoreReader::open(&s.store).expect("merged store");
