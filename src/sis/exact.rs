@@ -6,8 +6,8 @@
 //!
 //! Candidates of all images of a call are pooled into one list and evaluated in
 //! forwards of `candidate_batch` masked images under `no_grad`. A batch is built
-//! with three tensor ops (gather the current images, knock one pixel out of a block
-//! of ones with a scatter, one broadcast multiply); the only per-step host work is
+//! with two tensor ops and one copy (gather the current images, zero each
+//! candidate's pixel in place with a scatter); the only per-step host work is
 //! the arg-best over the returned scores and the bookkeeping of which pixels
 //! remain.
 
@@ -59,7 +59,7 @@ pub fn exact_backselect(
     // images it yields.
     let mut present_flat = Tensor::from_slice(&input.present_f32()).f_to_device(device)?;
     let targets = Tensor::from_slice(input.targets).f_to_device(device)?;
-    let ones = Tensor::f_ones([candidate_batch, p], (Kind::Float, device))?;
+    let c = input.xs.size()[1];
     let mut x_cur = input
         .xs
         .f_mul(&present_flat.f_view([jobs as i64, 1, h, w])?)?;
@@ -92,13 +92,14 @@ pub fn exact_backselect(
             let len = candidate_batch.min(total as i64 - start);
             let jb = job_t.f_narrow(0, start, len)?;
             let pb = pix_t.f_narrow(0, start, len)?;
-            // [len, p] ones with a 0 at each candidate's pixel, broadcast over channels.
-            let knock = ones
-                .f_narrow(0, 0, len)?
-                .f_scatter_value(1, &pb.f_unsqueeze(1)?, 0.0)?;
-            let cand = x_cur
-                .f_index_select(0, &jb)?
-                .f_mul(&knock.f_view([len, 1, h, w])?)?;
+            // The current images of the batch's jobs (one copy), then each candidate's
+            // pixel zeroed in place in every channel.
+            let cand = x_cur.f_index_select(0, &jb)?;
+            let _ = cand.f_view([len, c, p])?.f_scatter_value_(
+                2,
+                &pb.f_view([len, 1, 1])?.f_expand([len, c, 1], false)?,
+                0.0,
+            )?;
             let tb = targets.f_index_select(0, &jb)?;
             let (f, l, finite) =
                 eval.confidence_and_log_odds_deferred(&cand, &tb, input.images, l_kind)?;
