@@ -38,10 +38,14 @@ i.e. within about 7 standard deviations of the difference of two noise draws, wh
 noise may decide; for FindSIS and the collection's stopping test, an f within 1e-6 of tau.
 
 Usage:
-  scripts/reference_sis.py --model M.pt --images DIR --indices 0,1,2 \
-      --method exact|gradient [--k 4] --thresholds 0.9 [--collection] --out result.json
-DIR holds t10k-images-idx3-ubyte (IDX, as the Rust data loader reads it); --mean/--std
-default to Fashion-MNIST's. The output is JSON, one object per image.
+  scripts/reference_sis.py --model M.pt (--images DIR | --cifar10 DIR) --indices 0,1,2 \
+      --method exact|gradient [--k 4] [--thresholds 0.3,0.9] [--max-steps N] --out result.json
+--images DIR holds t10k-images-idx3-ubyte (IDX, as the Rust data loader reads it; --mean/--std
+default to Fashion-MNIST's); --cifar10 DIR holds test_batch.bin (CIFAR-10's per-channel
+mean/std). Collections (--thresholds) are computed for every image and tau, their rounds
+pooled into one BackSelect call each. --max-steps stops BackSelect early (benchmarks).
+"seconds" in the output times the work after loading and an untimed warm-up. The output
+is JSON, one object per image.
 """
 
 import argparse
@@ -74,10 +78,23 @@ def read_idx_images(directory):
     raise SystemExit(f"{directory}: no t10k-images-idx3-ubyte[.gz]")
 
 
+def read_cifar10_test(directory):
+    """uint8 images [N, 3, H, W] from DIR/test_batch.bin (3073-byte records: label, R, G, B planes)."""
+    path = os.path.join(directory, "test_batch.bin")
+    if not os.path.exists(path):
+        path = os.path.join(directory, "cifar-10-batches-bin", "test_batch.bin")
+    data = np.fromfile(path, np.uint8)
+    if len(data) == 0 or len(data) % 3073:
+        raise SystemExit(f"{path}: not a CIFAR-10 binary batch ({len(data)} bytes)")
+    return data.reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32)
+
+
 def normalize(u8, mean, std):
-    """[N, 1, H, W] float32: x/255 - mean, / std (the data loader's float32 ops)."""
-    x = torch.from_numpy(np.ascontiguousarray(u8)).float().unsqueeze(1)
-    return x.div(255.0).sub(torch.tensor([mean])).div(torch.tensor([std]))
+    """[N, C, H, W] float32: x/255 - mean, / std per channel (the data loader's float32 ops);
+    mean and std are float32 arrays of C values."""
+    x = torch.from_numpy(np.ascontiguousarray(u8)).float()
+    c = x.shape[1]
+    return x.div(255.0).sub(torch.from_numpy(mean).view(1, c, 1, 1)).div(torch.from_numpy(std).view(1, c, 1, 1))
 
 
 def log_odds(logits, target):
@@ -101,44 +118,62 @@ class Reference:
         self.batch = batch
         self.forwards = 0
 
+    def warm_up(self, xs, target):
+        """A few untimed forwards and backwards, so the TorchScript executor has made its
+        optimized plans before the clock starts (the engine's module is warm too)."""
+        n = self.forwards
+        for _ in range(3):
+            with torch.no_grad():
+                self.logits(xs[:1].expand(self.batch, -1, -1, -1).contiguous())
+            m = torch.zeros(len(xs), 1, xs.shape[2], xs.shape[3], requires_grad=True)
+            torch.autograd.grad(log_odds(self.logits(xs * (1.0 - m)), target).sum(), m)
+        self.forwards = n
+
     def logits(self, xs):
         self.forwards += len(xs)
         return self.model(xs)
 
     def f_of_sets(self, x, target, sets):
-        """f(x_S) for each pixel set S (only S present), batched, no grad."""
-        c, h, w = x.shape
+        """f(x_S) for each pixel set S of one image (only S present), batched, no grad."""
+        return self.f_of([(x, target, s) for s in sets])
+
+    def f_of(self, items):
+        """f(x_S) for each (x [C,H,W], target, pixel set S), batched, no grad."""
         out = []
         with torch.no_grad():
-            for i in range(0, len(sets), self.batch):
-                chunk = sets[i:i + self.batch]
+            for i in range(0, len(items), self.batch):
+                chunk = items[i:i + self.batch]
+                h, w = chunk[0][0].shape[1:]
                 keep = torch.zeros(len(chunk), h * w)
-                for r, s in enumerate(chunk):
+                for r, (_, _, s) in enumerate(chunk):
                     keep[r, list(s)] = 1.0
-                xs = x[None] * keep.view(-1, 1, h, w)
-                t = torch.full((len(chunk),), target, dtype=torch.long)
+                xs = torch.stack([x for x, _, _ in chunk]) * keep.view(-1, 1, h, w)
+                t = torch.tensor([t for _, t, _ in chunk], dtype=torch.long)
                 out.append(confidence(self.logits(xs), t))
         return torch.cat(out).tolist() if out else []
 
     # ---- exact BackSelect (Carter et al. 2019), candidates of all jobs pooled ----
-    def backselect_exact(self, jobs):
+    def backselect_exact(self, jobs, max_steps=None):
         """jobs: list of (x [C,H,W], present pixel list, target). Returns per job
-        (blocks, history, first near-tie step or None, gaps)."""
+        (blocks, history, first near-tie step or None); max_steps cuts it short
+        (benchmarks: the traces are then partial)."""
         h, w = jobs[0][0].shape[1:]
         p = h * w
         rem = [sorted(present) for _, present, _ in jobs]
         cur = torch.stack([x * _keep(present, p).view(1, h, w) for x, present, _ in jobs])
         targets = torch.tensor([t for _, _, t in jobs])
         out = [([], [], None) for _ in jobs]
+        steps = 0
         with torch.no_grad():
-            while any(rem):
+            while any(rem) and (max_steps is None or steps < max_steps):
+                steps += 1
                 cand = [(j, q) for j, r in enumerate(rem) for q in r]
                 L_all, f_all = [], []
                 for i in range(0, len(cand), self.batch):
                     chunk = cand[i:i + self.batch]
                     jj = torch.tensor([j for j, _ in chunk])
                     qq = torch.tensor([q for _, q in chunk])
-                    xs = cur[jj].clone()
+                    xs = cur[jj]  # advanced indexing copies: no clone needed
                     xs.view(len(chunk), -1, p)[torch.arange(len(chunk)), :, qq] = 0.0
                     z = self.logits(xs)
                     L_all.append(log_odds(z, targets[jj]))
@@ -163,7 +198,7 @@ class Reference:
         return out
 
     # ---- Batched Gradient BackSelect (S5), one backward per step for all jobs ----
-    def backselect_gradient(self, jobs, k, gen):
+    def backselect_gradient(self, jobs, k, gen, max_steps=None):
         h, w = jobs[0][0].shape[1:]
         p = h * w
         xs = torch.stack([x for x, _, _ in jobs])
@@ -171,7 +206,8 @@ class Reference:
         removed = torch.stack([1.0 - _keep(present, p) for _, present, _ in jobs])  # M
         left = [len(present) for _, present, _ in jobs]
         out = [([], [], None) for _ in jobs]
-        for step in range(math.ceil(max(left) / k)):
+        steps = math.ceil(max(left) / k)
+        for step in range(steps if max_steps is None else min(steps, max_steps)):
             m = removed.clone().requires_grad_(True)
             z = self.logits(xs * (1.0 - m).view(-1, 1, h, w))
             (grad,) = torch.autograd.grad(log_odds(z, targets).sum(), m)
@@ -218,29 +254,49 @@ class Reference:
                     return s, near
         return sorted(q for b in blocks for q in b), near
 
-    def collection(self, x, target, conf, tau, backselect, first_round):
-        """SIScollection for one image and tau: (list of SISes, near-tie seen)."""
-        p = x.shape[1] * x.shape[2]
-        if conf < tau:
-            return [], abs(conf - tau) < TAU_TIE
-        present = set(range(p))
-        sis_list, near = [], abs(conf - tau) < TAU_TIE
-        rnd = first_round
-        while True:
-            blocks, _, tie = rnd
-            near |= tie is not None
-            s, near_tau = self.find_sis(x, target, blocks, tau)
-            near |= near_tau
-            sis_list.append(s)
-            present -= set(s)
-            if not s or not present:
-                break
-            (f_left,) = self.f_of_sets(x, target, [sorted(present)])
-            near |= abs(f_left - tau) < TAU_TIE
-            if f_left < tau:
-                break
-            rnd = backselect([(x, sorted(present), target)])[0]
-        return sis_list, near
+    def collections(self, xs, preds, confs, taus, backselect, first):
+        """SIScollection for every image and tau: {(i, tau): (SISes, near-tie seen)}.
+
+        Rounds are pooled, as a fair peer batches its work: each round runs one
+        BackSelect call over every collection still open (the gradient method then
+        takes one backward per step for all of them, exact pools their candidates)."""
+        p = xs.shape[2] * xs.shape[3]
+        out, open_ = {}, []
+        for i in range(len(xs)):
+            for tau in taus:
+                near = abs(confs[i] - tau) < TAU_TIE
+                if confs[i] < tau:
+                    out[(i, tau)] = ([], near)
+                else:
+                    open_.append({"i": i, "tau": tau, "present": set(range(p)), "sis": [],
+                                  "near": near, "round": first[i]})
+        while open_:
+            left = []
+            for job in open_:
+                i, tau = job["i"], job["tau"]
+                blocks, _, tie = job["round"]
+                job["near"] |= tie is not None
+                s, near_tau = self.find_sis(xs[i], preds[i], blocks, tau)
+                job["near"] |= near_tau
+                job["sis"].append(s)
+                job["present"] -= set(s)
+                if s and job["present"]:
+                    left.append(job)
+                else:
+                    out[(i, tau)] = (job["sis"], job["near"])
+            f_left = self.f_of([(xs[j["i"]], preds[j["i"]], sorted(j["present"])) for j in left])
+            open_ = []
+            for job, f in zip(left, f_left):
+                job["near"] |= abs(f - job["tau"]) < TAU_TIE
+                if f < job["tau"]:
+                    out[(job["i"], job["tau"])] = (job["sis"], job["near"])
+                else:
+                    open_.append(job)
+            if open_:
+                rounds = backselect([(xs[j["i"]], sorted(j["present"]), preds[j["i"]]) for j in open_])
+                for job, rnd in zip(open_, rounds):
+                    job["round"] = rnd
+        return out
 
 
 def _keep(present, p):
@@ -252,7 +308,9 @@ def _keep(present, p):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--images", required=True, help="folder with t10k-images-idx3-ubyte")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder with t10k-images-idx3-ubyte")
+    src.add_argument("--cifar10", help="folder with test_batch.bin (CIFAR-10 binary; CIFAR-10's mean/std)")
     ap.add_argument("--indices", required=True, help="comma-separated image indices")
     ap.add_argument("--mean", type=float, default=0.2860)
     ap.add_argument("--std", type=float, default=0.3530)
@@ -262,27 +320,41 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=256, help="candidates per forward")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop BackSelect after this many steps (benchmarks; no collections then)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    images = read_idx_images(a.images)
     indices = [int(i) for i in a.indices.split(",")]
     taus = [float(t) for t in a.thresholds.split(",") if t]
+    if a.max_steps is not None and taus:
+        raise SystemExit("--max-steps gives partial BackSelects: no --thresholds with it")
+    if a.cifar10:
+        images = read_cifar10_test(a.cifar10)
+        mean = np.float32([125.3, 123.0, 113.9]) / np.float32(255.0)
+        std = np.float32([63.0, 62.1, 66.7]) / np.float32(255.0)
+    else:
+        images = read_idx_images(a.images)[:, None]
+        mean, std = np.float32([a.mean]), np.float32([a.std])
     ref = Reference(a.model, a.batch)
     gen = torch.Generator().manual_seed(a.seed)
-    xs = normalize(images[indices], a.mean, a.std)
+    xs = normalize(images[indices], mean, std)
     with torch.no_grad():
         z = ref.logits(xs)
         pred = z.argmax(1)
         conf = confidence(z, pred)
     p = xs.shape[2] * xs.shape[3]
     if a.method == "exact":
-        backselect = ref.backselect_exact
+        backselect = lambda jobs: ref.backselect_exact(jobs, a.max_steps)  # noqa: E731
     else:
-        backselect = lambda jobs: ref.backselect_gradient(jobs, a.k, gen)  # noqa: E731
+        backselect = lambda jobs: ref.backselect_gradient(jobs, a.k, gen, a.max_steps)  # noqa: E731
+    ref.warm_up(xs, pred)
     started = time.time()
     first = backselect([(xs[i], list(range(p)), int(pred[i])) for i in range(len(indices))])
+    preds = [int(t) for t in pred]
+    confs = [float(f) for f in conf]
+    colls = ref.collections(xs, preds, confs, taus, backselect, first) if taus else {}
     results = []
     for i, index in enumerate(indices):
         blocks, hist, tie = first[i]
@@ -293,12 +365,12 @@ def main():
                 step[q], rank[q] = s, r
         coll = {}
         for tau in taus:
-            sis, near = ref.collection(xs[i], int(pred[i]), float(conf[i]), tau, backselect, first[i])
+            sis, near = colls[(i, tau)]
             coll[repr(tau)] = {"sis": sis, "near_tie": near}
         results.append({
             "index": index,
-            "predicted": int(pred[i]),
-            "confidence": float(conf[i]),
+            "predicted": preds[i],
+            "confidence": confs[i],
             "order": [q for b in blocks for q in b],
             "removal_step": step,
             "rank_in_block": rank,

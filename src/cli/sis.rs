@@ -11,12 +11,18 @@ use crate::data::Split;
 use crate::job::SisJob;
 use crate::sis::{Method, Objective, SisParams};
 
+/// Candidates per step of `--method screened` when `--screen` is not given.
+pub const DEFAULT_SCREEN: u32 = 32;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum MethodArg {
     /// Exact BackSelect (Carter et al. 2019): every remaining pixel tried each step.
     Exact,
     /// Batched Gradient BackSelect (paper S5): k pixels per step by the mask gradient.
     Gradient,
+    /// Screened exact BackSelect: each step evaluates exactly only the --screen
+    /// pixels one mask gradient ranks best (about p·M forwards instead of p²/2).
+    Screened,
 }
 
 /// Compute the BackSelect order and SIS of every image of a dataset split into a
@@ -49,6 +55,9 @@ pub struct SisArgs {
     /// Pixels removed per step (gradient method; the paper uses 100 on ImageNet).
     #[arg(long, default_value_t = 1)]
     pub k: u32,
+    /// Candidates evaluated exactly per step (screened method; M ≥ pixels is exact).
+    #[arg(long)]
+    pub screen: Option<u32>,
     /// SIS confidence thresholds τ (comma-separated or repeated).
     #[arg(long = "threshold", value_delimiter = ',', default_values_t = vec![0.99f32])]
     pub thresholds: Vec<f32>,
@@ -86,10 +95,18 @@ pub struct SisArgs {
 
 impl SisArgs {
     pub fn job(&self) -> anyhow::Result<SisJob> {
+        if self.k != 1 && !matches!(self.method, MethodArg::Gradient) {
+            bail!("--k applies to --method gradient only");
+        }
+        if self.screen.is_some() && !matches!(self.method, MethodArg::Screened) {
+            bail!("--screen applies to --method screened only");
+        }
         let method = match self.method {
-            MethodArg::Exact if self.k != 1 => bail!("--k applies to --method gradient only"),
             MethodArg::Exact => Method::Exact,
             MethodArg::Gradient => Method::Gradient { k: self.k },
+            MethodArg::Screened => Method::Screened {
+                screen: self.screen.unwrap_or(DEFAULT_SCREEN),
+            },
         };
         let split: Split = self.split.parse()?;
         Ok(SisJob {

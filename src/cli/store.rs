@@ -46,6 +46,9 @@ struct Info {
     rank_in_block_dtype: Option<&'static str>,
     method: String,
     k: u32,
+    /// Candidates per step of the screened method (`M`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    screen: Option<u32>,
     steps: usize,
     height: u32,
     width: u32,
@@ -98,8 +101,13 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
         method: match meta.method {
             crate::sis::Method::Exact => "exact".into(),
             crate::sis::Method::Gradient { .. } => "gradient".into(),
+            crate::sis::Method::Screened { .. } => "screened".into(),
         },
         k: meta.k(),
+        screen: match meta.method {
+            crate::sis::Method::Screened { screen } => Some(screen),
+            _ => None,
+        },
         steps: meta.steps(),
         height: meta.height,
         width: meta.width,
@@ -142,6 +150,9 @@ fn table(i: &Info) -> Vec<(&'static str, String)> {
     let mut method = i.method.clone();
     if i.method == "gradient" {
         method.push_str(&format!(" k={}", i.k));
+    }
+    if let Some(m) = i.screen {
+        method.push_str(&format!(" M={m}"));
     }
     let mut rows = vec![
         ("store", i.store.clone()),

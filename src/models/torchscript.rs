@@ -28,6 +28,9 @@ pub struct TorchScriptModel {
     num_classes: i64,
     /// Where the module's parameters live.
     device: Device,
+    /// Feed evaluation-only forwards (inputs that carry no gradient) to the module in
+    /// channels-last (NHWC) memory format; see [`Self::set_channels_last`].
+    channels_last: bool,
 }
 
 impl std::fmt::Debug for TorchScriptModel {
@@ -124,7 +127,18 @@ impl TorchScriptModel {
             input_shape,
             num_classes: size[1],
             device,
+            channels_last: device == Device::Cpu,
         })
+    }
+
+    /// Chooses whether inputs that require no gradient (exact BackSelect's candidates,
+    /// FindSIS checks, evaluation) reach the module in channels-last memory format (on
+    /// by default on CPU, off elsewhere). oneDNN's CPU convolutions then run NHWC, which
+    /// `scripts/bench-vs-reference` measures faster for ResNet20 inference; forwards
+    /// whose input carries a gradient (the gradient method's steps) stay NCHW, where
+    /// channels-last measured slower. Only the order of float additions changes.
+    pub fn set_channels_last(&mut self, on: bool) {
+        self.channels_last = on;
     }
 
     /// The module's parameters (shared with it, not copies), e.g. to check that they
@@ -161,7 +175,16 @@ impl Classifier for TorchScriptModel {
             )));
         }
         super::native::check_input(xs, self.input_shape)?;
-        let logits = self.module.forward_ts(&[xs])?;
+        let logits = if self.channels_last && !xs.requires_grad() {
+            // NCHW shape with NHWC strides: PyTorch's channels_last memory format.
+            let nhwc = xs
+                .f_permute([0, 2, 3, 1])?
+                .f_contiguous()?
+                .f_permute([0, 3, 1, 2])?;
+            self.module.forward_ts(&[nhwc])?
+        } else {
+            self.module.forward_ts(&[xs])?
+        };
         let size = logits.size();
         if size.len() != 2 || size[0] != xs.size()[0] || size[1] != self.num_classes {
             return Err(ModelError::OutputShape {

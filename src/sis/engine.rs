@@ -17,6 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::exact::exact_backselect;
 use super::gradient::gradient_backselect;
+use super::screened::screened_backselect;
 use super::{BackSelectTrace, ImageSis, Method, Objective, SisCollection, SisError, SisParams};
 use crate::data::{self, ImageSource};
 use crate::models::Classifier;
@@ -619,6 +620,9 @@ fn backselect(
     match params.method {
         Method::Exact => exact_backselect(eval, input, objective, params.candidate_batch, None),
         Method::Gradient { k } => gradient_backselect(eval, input, objective, k, None),
+        Method::Screened { screen } => {
+            screened_backselect(eval, input, objective, screen, params.candidate_batch, None)
+        }
     }
 }
 

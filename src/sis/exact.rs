@@ -6,8 +6,8 @@
 //!
 //! Candidates of all images of a call are pooled into one list and evaluated in
 //! forwards of `candidate_batch` masked images under `no_grad`. A batch is built
-//! with three tensor ops (gather the current images, knock one pixel out of a block
-//! of ones with a scatter, one broadcast multiply); the only per-step host work is
+//! with two tensor ops and one copy (gather the current images, zero each
+//! candidate's pixel in place with a scatter); the only per-step host work is
 //! the arg-best over the returned scores and the bookkeeping of which pixels
 //! remain.
 
@@ -27,6 +27,33 @@ pub fn exact_backselect(
     objective: Objective,
     candidate_batch: usize,
     max_steps: Option<usize>,
+) -> Result<Vec<BackSelectTrace>, SisError> {
+    screened_exact(eval, input, objective, candidate_batch, max_steps, None)
+}
+
+/// Chooses, before each step, which remaining pixels are evaluated exactly; the
+/// step then removes the best of them. Exact BackSelect evaluates all of them.
+pub(crate) trait Screen {
+    /// `present` `[J, p]` (1 = present, on the device) and each job's remaining
+    /// pixels, ascending. Returns per job an ascending subset of its remaining
+    /// pixels, non-empty where the job has any left.
+    fn candidates(
+        &mut self,
+        present: &Tensor,
+        remaining: &[Vec<u32>],
+    ) -> Result<Vec<Vec<u32>>, SisError>;
+}
+
+/// Exact BackSelect over the candidates `screen` picks per step (all remaining
+/// pixels without one). With every remaining pixel picked, the batches, scores
+/// and choices are those of [`exact_backselect`] bit for bit.
+pub(crate) fn screened_exact(
+    eval: &Evaluator,
+    input: &BackSelectInput,
+    objective: Objective,
+    candidate_batch: usize,
+    max_steps: Option<usize>,
+    mut screen: Option<&mut dyn Screen>,
 ) -> Result<Vec<BackSelectTrace>, SisError> {
     let _guard = tch::no_grad_guard();
     let jobs = input.targets.len();
@@ -59,7 +86,7 @@ pub fn exact_backselect(
     // images it yields.
     let mut present_flat = Tensor::from_slice(&input.present_f32()).f_to_device(device)?;
     let targets = Tensor::from_slice(input.targets).f_to_device(device)?;
-    let ones = Tensor::f_ones([candidate_batch, p], (Kind::Float, device))?;
+    let c = input.xs.size()[1];
     let mut x_cur = input
         .xs
         .f_mul(&present_flat.f_view([jobs as i64, 1, h, w])?)?;
@@ -69,14 +96,19 @@ pub fn exact_backselect(
         if max_steps.is_some_and(|m| step >= m) {
             break;
         }
-        // Flattened candidate list: (job, pixel) for every remaining pixel.
-        let total: usize = remaining.iter().map(Vec::len).sum();
-        if total == 0 {
+        if remaining.iter().all(Vec::is_empty) {
             break;
         }
+        let screened = match screen.as_deref_mut() {
+            Some(s) => Some(s.candidates(&present_flat.f_view([jobs as i64, p])?, &remaining)?),
+            None => None,
+        };
+        let cands: &[Vec<u32>] = screened.as_deref().unwrap_or(&remaining);
+        // Flattened candidate list: (job, pixel) for every candidate.
+        let total: usize = cands.iter().map(Vec::len).sum();
         let mut job_idx = Vec::with_capacity(total);
         let mut pix_idx = Vec::with_capacity(total);
-        for (j, rem) in remaining.iter().enumerate() {
+        for (j, rem) in cands.iter().enumerate() {
             for &q in rem {
                 job_idx.push(j as i64);
                 pix_idx.push(i64::from(q));
@@ -92,13 +124,14 @@ pub fn exact_backselect(
             let len = candidate_batch.min(total as i64 - start);
             let jb = job_t.f_narrow(0, start, len)?;
             let pb = pix_t.f_narrow(0, start, len)?;
-            // [len, p] ones with a 0 at each candidate's pixel, broadcast over channels.
-            let knock = ones
-                .f_narrow(0, 0, len)?
-                .f_scatter_value(1, &pb.f_unsqueeze(1)?, 0.0)?;
-            let cand = x_cur
-                .f_index_select(0, &jb)?
-                .f_mul(&knock.f_view([len, 1, h, w])?)?;
+            // The current images of the batch's jobs (one copy), then each candidate's
+            // pixel zeroed in place in every channel.
+            let cand = x_cur.f_index_select(0, &jb)?;
+            let _ = cand.f_view([len, c, p])?.f_scatter_value_(
+                2,
+                &pb.f_view([len, 1, 1])?.f_expand([len, c, 1], false)?,
+                0.0,
+            )?;
             let tb = targets.f_index_select(0, &jb)?;
             let (f, l, finite) =
                 eval.confidence_and_log_odds_deferred(&cand, &tb, input.images, l_kind)?;
@@ -117,10 +150,10 @@ pub fn exact_backselect(
         health.check(eval, "logits")?;
 
         // Best per job (the first best = lowest pixel index), then remove it.
-        let mut removed_flat = Vec::with_capacity(jobs);
+        let mut chosen = Vec::with_capacity(jobs);
         let mut offset = 0usize;
-        for (j, rem) in remaining.iter_mut().enumerate() {
-            let n = rem.len();
+        for (j, cand) in cands.iter().enumerate() {
+            let n = cand.len();
             if n == 0 {
                 continue;
             }
@@ -130,11 +163,19 @@ pub fn exact_backselect(
                 Objective::Confidence => first_max(seg),
             };
             offset += n;
-            let q = rem.remove(best);
+            chosen.push((j, cand[best], seg[best]));
+        }
+        let mut removed_flat = Vec::with_capacity(jobs);
+        for (j, q, f) in chosen {
+            let rem = &mut remaining[j];
+            let at = rem.binary_search(&q).map_err(|_| {
+                SisError::Params(format!("screened candidate {q} is not a remaining pixel"))
+            })?;
+            rem.remove(at);
             let trace = &mut traces[j];
             trace.order.push(q);
             trace.block_ends.push(trace.order.len() as u32);
-            trace.history.push(seg[best]);
+            trace.history.push(f);
             removed_flat.push(j as i64 * p + i64::from(q));
         }
         let removed = Tensor::from_slice(&removed_flat).f_to_device(device)?;

@@ -149,12 +149,9 @@ impl StoreMeta {
         self.height as usize * self.width as usize
     }
 
-    /// Pixels removed per BackSelect step: 1 for exact, `k` for gradient.
+    /// Pixels removed per BackSelect step: `k` for gradient, 1 otherwise.
     pub fn k(&self) -> u32 {
-        match self.method {
-            Method::Exact => 1,
-            Method::Gradient { k } => k,
-        }
+        self.method.pixels_per_step()
     }
 
     /// BackSelect steps per image, `S = ⌈p / k⌉`: the length of every record's
@@ -307,12 +304,9 @@ impl StoreMeta {
     }
 }
 
-/// `exact` or `gradient k=K`, as a user would type it.
+/// `exact`, `gradient k=K` or `screened M=M`, as a user would read it.
 pub(crate) fn method_name(method: Method) -> String {
-    match method {
-        Method::Exact => "exact".into(),
-        Method::Gradient { k } => format!("gradient k={k}"),
-    }
+    method.describe()
 }
 
 /// The first 12 hex digits of a hash: enough to tell two apart in a message.

@@ -11,6 +11,9 @@ pub fn settings(spec: &PipelineSpec) -> Vec<(String, String)> {
             "Batched Gradient BackSelect, k = {k}, mini-batch {}",
             spec.sis.batch_size
         ),
+        crate::sis::Method::Screened { screen } => format!(
+            "screened exact BackSelect, M = {screen} candidates per step by the mask gradient"
+        ),
     };
     vec![
         (

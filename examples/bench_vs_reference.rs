@@ -1,0 +1,733 @@
+//! `scripts/bench-vs-reference`: the SIS engine against `scripts/reference_sis.py` (plain
+//! PyTorch, no code shared) on the same TorchScript ResNet20, the same real images
+//! (Fashion-MNIST laid out as 32×32×3 in CIFAR-10's binary format) and the same thread
+//! count. Both sides time only their work (the reference reports its own seconds after
+//! loading and an untimed warm-up; the engine's module is warmed the same way). Rounds
+//! alternate the two sides so the shared machine's load falls on both.
+//!
+//! Workloads: Batched Gradient BackSelect k = 1 on 32 images (1,024 steps); exact
+//! BackSelect (candidates of a few images pooled, a few steps: steps per second); SIS
+//! collections at τ = 0.3 and 0.9 (gradient method, larger k). The engine runs as
+//! optimized (the default levers) and, as a peer for the agreement of removal orders, with
+//! the levers off (the "unoptimised" engine: NCHW inputs, candidate batch 256).
+//!
+//! Usage (the script passes these): `bench_vs_reference DIR [--device cpu|cuda]
+//! [--threads N] [--rounds N] [--grad-images N] [--exact-images N] [--exact-steps N]
+//! [--coll-images N] [--quick] [--json FILE]`, DIR made by
+//! `scripts/bench_vs_reference_prep.py`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use overinterp::data::{self, ImageSource, Split};
+use overinterp::models::{Classifier, TorchScriptModel};
+use overinterp::sis::engine::BackSelectInput;
+use overinterp::sis::exact::exact_backselect;
+use overinterp::sis::gradient::gradient_backselect;
+use overinterp::sis::{
+    run_sis, BackSelectTrace, Evaluator, ImageSis, Method, Objective, SisParams,
+};
+use serde_json::{json, Value};
+use tch::{Device, Tensor};
+
+/// Settings of one benchmark run.
+struct Settings {
+    dir: PathBuf,
+    device: Device,
+    threads: usize,
+    rounds: usize,
+    /// Images and steps of the exact workload.
+    exact_images: usize,
+    exact_steps: usize,
+    /// Images and k of the collection workload.
+    coll_images: usize,
+    coll_k: u32,
+    /// Images of the gradient k = 1 workload (32 by default: 1,024 steps).
+    grad_images: usize,
+    json: PathBuf,
+}
+
+fn settings() -> anyhow::Result<Settings> {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(
+        args.next()
+            .context("usage: bench_vs_reference DIR [options]")?,
+    );
+    let mut s = Settings {
+        json: dir.join("bench-vs-reference.json"),
+        dir,
+        device: Device::Cpu,
+        threads: tch::get_num_threads().max(1) as usize,
+        rounds: 1,
+        exact_images: 2,
+        exact_steps: 8,
+        coll_images: 8,
+        coll_k: 32,
+        grad_images: 32,
+    };
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--device" => {
+                s.device = match value()?.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::Cuda(0),
+                    other => bail!("--device {other}: expected cpu or cuda"),
+                }
+            }
+            "--threads" => s.threads = value()?.parse().context("--threads")?,
+            "--rounds" => s.rounds = value()?.parse().context("--rounds")?,
+            "--json" => s.json = PathBuf::from(value()?),
+            "--grad-images" => s.grad_images = value()?.parse().context("--grad-images")?,
+            "--exact-images" => s.exact_images = value()?.parse().context("--exact-images")?,
+            "--exact-steps" => s.exact_steps = value()?.parse().context("--exact-steps")?,
+            "--coll-images" => s.coll_images = value()?.parse().context("--coll-images")?,
+            "--quick" => {
+                s.grad_images = 4;
+                s.exact_images = 1;
+                s.exact_steps = 2;
+                s.coll_images = 2;
+            }
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(s)
+}
+
+/// The reference's JSON and its own seconds.
+fn reference(
+    s: &Settings,
+    model: &Path,
+    indices: &[u64],
+    args: &[String],
+) -> anyhow::Result<(f64, Value)> {
+    let out = tempfile::NamedTempFile::new()?;
+    let list: Vec<String> = indices.iter().map(u64::to_string).collect();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference_sis.py");
+    let run = Command::new(&python)
+        .arg(script)
+        .arg("--model")
+        .arg(model)
+        .arg("--cifar10")
+        .arg(s.dir.join("cifar-10-batches-bin"))
+        .args([
+            "--indices",
+            &list.join(","),
+            "--threads",
+            &s.threads.to_string(),
+        ])
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .with_context(|| format!("running {python} {script}"))?;
+    if !run.status.success() {
+        bail!(
+            "reference_sis.py failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&std::fs::read(out.path())?)?;
+    Ok((
+        v["seconds"]
+            .as_f64()
+            .context("reference output lacks seconds")?,
+        v,
+    ))
+}
+
+/// Normalized images, their predicted classes and dataset indices.
+struct Batch {
+    xs: Tensor,
+    predicted: Vec<i64>,
+    indices: Vec<u64>,
+}
+
+fn batch(source: &dyn ImageSource, eval: &Evaluator, n: usize) -> anyhow::Result<Batch> {
+    let positions: Vec<usize> = (0..n).collect();
+    let indices: Vec<u64> = (0..n as u64).collect();
+    let (xs, _) = data::batch(source, &positions, eval.device())?;
+    let (predicted, _) = eval.predict(&xs, &indices)?;
+    Ok(Batch {
+        xs,
+        predicted,
+        indices,
+    })
+}
+
+/// Times one BackSelect of the engine over every image of `b`.
+fn ours_backselect(
+    eval: &Evaluator,
+    b: &Batch,
+    method: Method,
+    candidate_batch: usize,
+    max_steps: Option<usize>,
+) -> anyhow::Result<(f64, Vec<BackSelectTrace>)> {
+    let p = (b.xs.size()[2] * b.xs.size()[3]) as usize;
+    let present = vec![vec![true; p]; b.indices.len()];
+    let input = BackSelectInput {
+        xs: &b.xs,
+        present: &present,
+        targets: &b.predicted,
+        noise_keys: &b.indices,
+        images: &b.indices,
+    };
+    let start = Instant::now();
+    let traces = match method {
+        Method::Exact => {
+            exact_backselect(eval, &input, Objective::LogOdds, candidate_batch, max_steps)?
+        }
+        Method::Gradient { k } => {
+            gradient_backselect(eval, &input, Objective::LogOdds, k, max_steps)?
+        }
+    };
+    Ok((start.elapsed().as_secs_f64(), traces))
+}
+
+/// First step (pixel, for k = 1 and exact) where two removal orders differ; `None` if
+/// they agree over the shorter one.
+fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Agreement of the engine's orders with the reference's: per image, the first step
+/// where they differ against the reference's first near-tie. Returns (images identical up
+/// to the near-tie or throughout, lines to print).
+fn agreement_with_reference(traces: &[BackSelectTrace], refr: &Value) -> (usize, Vec<String>) {
+    let images = refr["images"].as_array().cloned().unwrap_or_default();
+    let mut ok = 0;
+    let mut lines = Vec::new();
+    for (t, r) in traces.iter().zip(&images) {
+        let theirs: Vec<u32> = serde_json::from_value(r["order"].clone()).unwrap_or_default();
+        let tie = r["first_near_tie"].as_u64().map(|x| x as usize);
+        let diff = first_difference(&t.order, &theirs);
+        let good = match (diff, tie) {
+            (None, _) => true,
+            (Some(d), Some(t)) => d >= t,
+            (Some(_), None) => false,
+        };
+        ok += usize::from(good);
+        lines.push(format!(
+            "image {}: first differing step {}, reference's first near-tie {}",
+            r["index"],
+            diff.map_or("none".into(), |d| d.to_string()),
+            tie.map_or("none".into(), |t| t.to_string())
+        ));
+    }
+    (ok, lines)
+}
+
+/// (images whose orders are identical throughout, first differing steps).
+fn agreement_between(a: &[BackSelectTrace], b: &[BackSelectTrace]) -> (usize, Vec<Option<usize>>) {
+    let diffs: Vec<Option<usize>> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| first_difference(&x.order, &y.order))
+        .collect();
+    (diffs.iter().filter(|d| d.is_none()).count(), diffs)
+}
+
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Forwards per second of the model at each candidate batch size (no grad), to size
+/// exact BackSelect's batches by measurement. Returns (size, images/s) pairs.
+fn candidate_batch_rates(model: &dyn Classifier, x: &Tensor) -> anyhow::Result<Vec<(usize, f64)>> {
+    let _guard = tch::no_grad_guard();
+    let sizes = [64usize, 128, 256, 512];
+    let mut rates = vec![(0.0f64, 0.0f64); sizes.len()];
+    for round in 0..3 {
+        for (i, &b) in sizes.iter().enumerate() {
+            let xb = x
+                .narrow(0, 0, 1)
+                .expand([b as i64, -1, -1, -1], false)
+                .contiguous();
+            let reps = (1024 / b).max(1);
+            let start = Instant::now();
+            for _ in 0..reps {
+                let _ = model.forward(&xb, false)?;
+            }
+            if round > 0 {
+                rates[i].0 += (reps * b) as f64;
+                rates[i].1 += start.elapsed().as_secs_f64();
+            }
+        }
+    }
+    Ok(sizes
+        .iter()
+        .zip(rates)
+        .map(|(&b, (n, t))| (b, n / t))
+        .collect())
+}
+
+/// Forward + backward-to-input batches per second at the gradient method's batch, with
+/// the input in NCHW and in channels-last: what decided the gradient path's layout.
+fn grad_layout_rates(model: &dyn Classifier, xs: &Tensor) -> anyhow::Result<(f64, f64)> {
+    let mut t = [0.0f64; 2];
+    let reps = 6;
+    for round in 0..3 {
+        for (i, cl) in [false, true].into_iter().enumerate() {
+            let start = Instant::now();
+            for _ in 0..reps {
+                let x = if cl {
+                    xs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+                } else {
+                    xs.shallow_clone()
+                };
+                let x = x.detach().set_requires_grad(true);
+                let out = model.forward(&x, false)?.sum(tch::Kind::Float);
+                let _ = Tensor::run_backward(&[out], &[&x], false, false);
+            }
+            if round > 0 {
+                t[i] += start.elapsed().as_secs_f64();
+            }
+        }
+    }
+    Ok((2.0 * reps as f64 / t[0], 2.0 * reps as f64 / t[1]))
+}
+
+/// A model that counts what it is asked: forwards whose input carries a gradient (the
+/// gradient method's steps) and those that do not, with their images; to see where a
+/// collection's time goes.
+struct Counting {
+    inner: TorchScriptModel,
+    grad: [AtomicU64; 2],
+    nograd: [AtomicU64; 2],
+    nograd_secs: Mutex<f64>,
+}
+
+impl Counting {
+    fn new(inner: TorchScriptModel) -> Self {
+        Self {
+            inner,
+            grad: Default::default(),
+            nograd: Default::default(),
+            nograd_secs: Mutex::new(0.0),
+        }
+    }
+    fn get(c: &[AtomicU64; 2]) -> (u64, u64) {
+        (c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed))
+    }
+}
+
+impl Classifier for Counting {
+    fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, overinterp::models::ModelError> {
+        let n = xs.size()[0] as u64;
+        if xs.requires_grad() {
+            self.grad[0].fetch_add(1, Ordering::Relaxed);
+            self.grad[1].fetch_add(n, Ordering::Relaxed);
+            return self.inner.forward(xs, train);
+        }
+        self.nograd[0].fetch_add(1, Ordering::Relaxed);
+        self.nograd[1].fetch_add(n, Ordering::Relaxed);
+        let start = Instant::now();
+        let out = self.inner.forward(xs, train);
+        *self.nograd_secs.lock().unwrap() += start.elapsed().as_secs_f64();
+        out
+    }
+    fn num_classes(&self) -> i64 {
+        self.inner.num_classes()
+    }
+    fn input_shape(&self) -> [i64; 3] {
+        self.inner.input_shape()
+    }
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+fn row(what: &str, ours: f64, theirs: f64, unit: &str) -> String {
+    format!(
+        "{what:<46} {ours:>10.2} {theirs:>10.2} {unit:<9} {:>6.2}×",
+        theirs_over(ours, theirs, unit)
+    )
+}
+
+/// The engine's advantage: reference seconds / engine seconds, or engine rate /
+/// reference rate.
+fn theirs_over(ours: f64, theirs: f64, unit: &str) -> f64 {
+    if unit == "s" {
+        theirs / ours
+    } else {
+        ours / theirs
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let s = settings()?;
+    tch::set_num_threads(s.threads as i32);
+    let model_path = s.dir.join("resnet20_fmnist32.pt");
+    let spec: data::DatasetSpec = format!("cifar10:{}", s.dir.display()).parse()?;
+    let source = data::open_dataset(&spec, Split::Test)?;
+    let shape = [3, 32, 32];
+    let opt = TorchScriptModel::load(&model_path, s.device, shape)?;
+    let mut base = TorchScriptModel::load(&model_path, s.device, shape)?;
+    base.set_channels_last(false);
+    let eval = Evaluator::new(&opt, false);
+    let eval_base = Evaluator::new(&base, false);
+    let started_load = uptime();
+    let mut report = Vec::<String>::new();
+    let mut figures = serde_json::Map::new();
+    println!(
+        "bench-vs-reference: TorchScript ResNet20 ({}), {} threads on both sides, device {:?}; load (1/5/15 min) at start {started_load}",
+        model_path.display(),
+        s.threads,
+        s.device
+    );
+
+    // --- levers measured: candidate batch size and gradient input layout ---------
+    let g = batch(source.as_ref(), &eval, s.grad_images)?;
+    let rates = candidate_batch_rates(&opt, &g.xs)?;
+    let best = rates
+        .iter()
+        .copied()
+        .fold((256, 0.0), |a, b| if b.1 > a.1 { b } else { a })
+        .0;
+    println!(
+        "candidate batch (no-grad forwards, channels-last): {}; chosen {best}",
+        rates
+            .iter()
+            .map(|(b, r)| format!("{b}: {r:.0} img/s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (nchw, nhwc) = grad_layout_rates(&opt, &g.xs)?;
+    println!("gradient step layout (fwd+bwd to input, batch {}): NCHW {nchw:.2} it/s, channels-last {nhwc:.2} it/s", s.grad_images);
+    figures.insert("candidate_batch_rates".into(), json!(rates));
+    figures.insert("candidate_batch".into(), json!(best));
+    figures.insert(
+        "grad_layout_its".into(),
+        json!({"nchw": nchw, "channels_last": nhwc}),
+    );
+
+    // --- gradient k = 1 --------------------------------------------------------------
+    let steps = 1024;
+    let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
+    let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
+    for round in 0..s.rounds {
+        let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
+            let (secs, v) = reference(
+                &s,
+                &model_path,
+                &g.indices,
+                &[
+                    "--method".into(),
+                    "gradient".into(),
+                    "--k".into(),
+                    "1".into(),
+                ],
+            )?;
+            *refr = v;
+            Ok(secs)
+        };
+        if round % 2 == 1 {
+            t_ref += run_ref(&mut refr)?;
+        }
+        let (secs, tr) = ours_backselect(&eval, &g, Method::Gradient { k: 1 }, best, None)?;
+        t_ours += secs;
+        tr_ours = tr;
+        if round % 2 == 0 {
+            t_ref += run_ref(&mut refr)?;
+        }
+        let (secs, tr) = ours_backselect(&eval_base, &g, Method::Gradient { k: 1 }, 256, None)?;
+        t_base += secs;
+        tr_base = tr;
+    }
+    let n = s.rounds as f64;
+    let full_step_secs = t_ours / n / steps as f64;
+    let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
+    let (same, diffs) = agreement_between(&tr_ours, &tr_base);
+    report.push(row(
+        &format!("gradient k=1, {} images × {steps} steps", g.indices.len()),
+        t_ours / n,
+        t_ref / n,
+        "s",
+    ));
+    report.push(row(
+        "  unoptimised engine (levers off) vs reference",
+        t_base / n,
+        t_ref / n,
+        "s",
+    ));
+    println!("\ngradient k=1 agreement:");
+    println!("  with the reference (near-tie = two deciding scores within 1e-5): {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
+    for l in &lines {
+        println!("    {l}");
+    }
+    println!(
+        "  optimized vs unoptimised engine: {same} of {} orders identical throughout; first differing steps {:?}",
+        tr_ours.len(),
+        diffs.iter().filter_map(|d| *d).collect::<Vec<_>>()
+    );
+    figures.insert("gradient_k1".into(), json!({
+        "images": g.indices.len(), "steps": steps, "ours_s": t_ours / n, "unoptimised_s": t_base / n,
+        "reference_s": t_ref / n, "ratio": t_ref / t_ours, "agree_with_reference": ok_ref,
+        "identical_to_unoptimised": same, "first_differences_vs_unoptimised": diffs,
+    }));
+
+    // --- exact BackSelect steps per second ---------------------------------------------
+    let e = batch(source.as_ref(), &eval, s.exact_images)?;
+    let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
+    let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
+    let rounds = s.rounds.max(2);
+    for round in 0..rounds {
+        let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
+            let (secs, v) = reference(
+                &s,
+                &model_path,
+                &e.indices,
+                &[
+                    "--method".into(),
+                    "exact".into(),
+                    "--max-steps".into(),
+                    s.exact_steps.to_string(),
+                    "--batch".into(),
+                    best.to_string(),
+                ],
+            )?;
+            *refr = v;
+            Ok(secs)
+        };
+        if round % 2 == 1 {
+            t_ref += run_ref(&mut refr)?;
+        }
+        let (secs, tr) = ours_backselect(&eval, &e, Method::Exact, best, Some(s.exact_steps))?;
+        t_ours += secs;
+        tr_ours = tr;
+        if round % 2 == 0 {
+            t_ref += run_ref(&mut refr)?;
+        }
+        let (secs, tr) = ours_backselect(&eval_base, &e, Method::Exact, 256, Some(s.exact_steps))?;
+        t_base += secs;
+        tr_base = tr;
+    }
+    let steps_total = (s.exact_steps * e.indices.len() * rounds) as f64;
+    let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
+    let (same, diffs) = agreement_between(&tr_ours, &tr_base);
+    let what = format!(
+        "exact BackSelect, {} images × {} steps: steps/s",
+        e.indices.len(),
+        s.exact_steps
+    );
+    report.push(row(
+        &what,
+        steps_total / t_ours,
+        steps_total / t_ref,
+        "steps/s",
+    ));
+    report.push(row(
+        "  unoptimised engine (levers off) vs reference",
+        steps_total / t_base,
+        steps_total / t_ref,
+        "steps/s",
+    ));
+    println!("\nexact agreement (near-tie = two best candidates' L within 1e-6):");
+    println!("  with the reference: {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
+    for l in &lines {
+        println!("    {l}");
+    }
+    println!("  optimized vs unoptimised engine: {same} of {} orders identical; first differing steps {:?}",
+        tr_ours.len(), diffs.iter().filter_map(|d| *d).collect::<Vec<_>>());
+    figures.insert("exact".into(), json!({
+        "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / t_ours,
+        "unoptimised_steps_per_s": steps_total / t_base, "reference_steps_per_s": steps_total / t_ref,
+        "ratio": t_ref / t_ours, "agree_with_reference": ok_ref, "identical_to_unoptimised": same,
+    }));
+
+    // --- SIS collections at τ = 0.3 and 0.9 ----------------------------------------------
+    let taus = [0.3f32, 0.9];
+    let c_indices: Vec<u64> = (0..s.coll_images as u64).collect();
+    let params = SisParams {
+        method: Method::Gradient { k: s.coll_k },
+        thresholds: taus.to_vec(),
+        batch_size: 32,
+        candidate_batch: best,
+        collection: true,
+        ..SisParams::default()
+    };
+    for &tau in &taus {
+        let p = SisParams {
+            thresholds: vec![tau],
+            ..params.clone()
+        };
+        let (mut t_ours, mut t_ref) = (0.0, 0.0);
+        let mut recs: Vec<ImageSis> = Vec::new();
+        let mut refr = Value::Null;
+        for round in 0..s.rounds {
+            let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
+                let (secs, v) = reference(
+                    &s,
+                    &model_path,
+                    &c_indices,
+                    &[
+                        "--method".into(),
+                        "gradient".into(),
+                        "--k".into(),
+                        s.coll_k.to_string(),
+                        "--thresholds".into(),
+                        tau.to_string(),
+                        "--batch".into(),
+                        best.to_string(),
+                    ],
+                )?;
+                *refr = v;
+                Ok(secs)
+            };
+            if round % 2 == 1 {
+                t_ref += run_ref(&mut refr)?;
+            }
+            recs.clear();
+            let start = Instant::now();
+            run_sis(
+                &opt,
+                source.as_ref(),
+                &c_indices,
+                &p,
+                |r| {
+                    recs.push(r);
+                    Ok::<_, std::io::Error>(())
+                },
+                &AtomicBool::new(false),
+            )?;
+            t_ours += start.elapsed().as_secs_f64();
+            if round % 2 == 0 {
+                t_ref += run_ref(&mut refr)?;
+            }
+        }
+        let images = refr["images"].as_array().cloned().unwrap_or_default();
+        let (mut compared, mut identical, mut n_ours, mut n_ref) = (0, 0, 0usize, 0usize);
+        for (rec, r) in recs.iter().zip(&images) {
+            let c = &r["collections"][format!("{tau}")];
+            let theirs: Vec<Vec<u32>> =
+                serde_json::from_value(c["sis"].clone()).unwrap_or_default();
+            let mine = &rec.collections[0].sis;
+            n_ours += mine.len();
+            n_ref += theirs.len();
+            if c["near_tie"] == Value::Bool(false) {
+                compared += 1;
+                identical += usize::from(*mine == theirs);
+            }
+        }
+        let per_img = |t: f64| s.coll_images as f64 * s.rounds as f64 / t;
+        report.push(row(
+            &format!(
+                "collection τ={tau}, gradient k={}, {} images: img/s",
+                s.coll_k, s.coll_images
+            ),
+            per_img(t_ours),
+            per_img(t_ref),
+            "img/s",
+        ));
+        println!("\ncollection τ={tau}: {n_ours} SISes (engine) vs {n_ref} (reference) over {} images; \
+                  {compared} collections free of near-ties on the reference's side, {identical} of them identical",
+                 s.coll_images);
+        figures.insert(format!("collection_tau_{tau}"), json!({
+            "images": s.coll_images, "k": s.coll_k, "ours_images_per_s": per_img(t_ours),
+            "reference_images_per_s": per_img(t_ref), "sis_ours": n_ours, "sis_reference": n_ref,
+            "compared": compared, "identical": identical,
+        }));
+    }
+
+    // --- where a collection's time goes (τ = 0.3) ------------------------------------
+    let p03 = SisParams {
+        thresholds: vec![0.3],
+        ..params.clone()
+    };
+    let counting = Counting::new(TorchScriptModel::load(&model_path, s.device, shape)?);
+    let profile = |p: &SisParams| -> anyhow::Result<(f64, (u64, u64), (u64, u64), f64)> {
+        let (g, n, ns) = (
+            Counting::get(&counting.grad),
+            Counting::get(&counting.nograd),
+            *counting.nograd_secs.lock().unwrap(),
+        );
+        let start = Instant::now();
+        run_sis(
+            &counting,
+            source.as_ref(),
+            &c_indices,
+            p,
+            |_| Ok::<_, std::io::Error>(()),
+            &AtomicBool::new(false),
+        )?;
+        let secs = start.elapsed().as_secs_f64();
+        let (g2, n2) = (
+            Counting::get(&counting.grad),
+            Counting::get(&counting.nograd),
+        );
+        let ns2 = *counting.nograd_secs.lock().unwrap();
+        Ok((
+            secs,
+            (g2.0 - g.0, g2.1 - g.1),
+            (n2.0 - n.0, n2.1 - n.1),
+            ns2 - ns,
+        ))
+    };
+    profile(&SisParams {
+        collection: false,
+        ..p03.clone()
+    })?; // warm-up
+    let (t_first, (g0, _), _, _) = profile(&SisParams {
+        collection: false,
+        ..p03.clone()
+    })?;
+    let (t_all, (gc, gi), (nc, ni), ns) = profile(&p03)?;
+    let full = gi as f64 / s.grad_images as f64 * full_step_secs;
+    println!(
+        "\ncollection τ=0.3, where the time goes ({} images, k={}): the first BackSelect with FindSIS and checks \
+         {t_first:.1} s ({g0} gradient steps); the whole collection {t_all:.1} s: {gc} gradient steps over {gi} images \
+         (mean batch {:.1}), {nc} no-grad forwards of {ni} images taking {ns:.1} s; at the cost of a full \
+         {}-image step ({full_step_secs:.3} s) those steps' images would take {full:.1} s",
+        s.coll_images, s.coll_k, gi as f64 / gc.max(1) as f64, s.grad_images
+    );
+    figures.insert("collection_profile_tau_0.3".into(), json!({
+        "first_s": t_first, "whole_s": t_all, "grad_steps": gc, "grad_images": gi,
+        "nograd_forwards": nc, "nograd_images": ni, "nograd_s": ns, "full_batch_equivalent_s": full,
+    }));
+
+    println!(
+        "\n{:<46} {:>10} {:>10} {:<9} {:>7}",
+        "what", "engine", "reference", "unit", "ratio"
+    );
+    for l in &report {
+        println!("{l}");
+    }
+    let end_load = uptime();
+    println!("(ratio = engine's advantage; {} round(s) alternating engine and reference; load at start {started_load}, at end {end_load}; engine peak RSS {:.0} MiB)",
+        s.rounds, peak_rss_mib());
+    figures.insert("threads".into(), json!(s.threads));
+    figures.insert("load_start".into(), json!(started_load));
+    figures.insert("load_end".into(), json!(end_load));
+    figures.insert("rounds".into(), json!(s.rounds));
+    std::fs::write(
+        &s.json,
+        serde_json::to_string_pretty(&Value::Object(figures))?,
+    )
+    .with_context(|| format!("writing {}", s.json.display()))?;
+    println!("figures written to {}", s.json.display());
+    Ok(())
+}
