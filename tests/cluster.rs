@@ -346,31 +346,114 @@ fn kill9_worker_mid_shard() {
     assert_same_as_reference(&c.store);
 }
 
-/// w2 is stopped (mid-work) past its 3 s lease: the report must show a shard whose
-/// lease lapsed, that w1 then completed, and where w2's late copies were dropped.
+/// Fast status of the case's leader, queried in-process (no CLI start-up), for
+/// tests that act on what the leader sees.
+struct Watch {
+    rt: tokio::runtime::Runtime,
+    job_dir: PathBuf,
+}
+
+impl Watch {
+    fn new(case: &Case) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Self {
+            rt,
+            job_dir: case.job_dir.clone(),
+        }
+    }
+
+    fn status(&self) -> Option<overinterp_cluster::proto::JobStatus> {
+        self.rt
+            .block_on(overinterp_cluster::net::query_status(&self.job_dir, None))
+            .ok()
+    }
+
+    /// Polls until `pred` holds for a status and returns that status; fails after
+    /// [`JOB_TIMEOUT`] or when the job completed first, naming `what`.
+    fn until(
+        &self,
+        what: &str,
+        procs: &[&Proc],
+        pred: impl Fn(&overinterp_cluster::proto::JobStatus) -> bool,
+    ) -> overinterp_cluster::proto::JobStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+                assert!(
+                    s.images_done < s.images_total,
+                    "the job completed before {what}"
+                );
+            }
+            if t0.elapsed() > JOB_TIMEOUT {
+                let logs: Vec<String> = procs
+                    .iter()
+                    .map(|p| format!("--- {}:\n{}", p.name, p.log()))
+                    .collect();
+                panic!(
+                    "never saw {what} within {JOB_TIMEOUT:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn worker_in_status<'a>(
+    s: &'a overinterp_cluster::proto::JobStatus,
+    name: &str,
+) -> Option<&'a overinterp_cluster::proto::WorkerStatus> {
+    s.workers.iter().find(|w| w.name == name)
+}
+
+/// Two 64-image shards of eight 8-image mini-batches. w2 is stopped early in its
+/// shard S (at most three mini-batches of S accepted), so S has at least five
+/// mini-batches left. The test waits for the evidence of each step, never for time:
+/// S's lease lapses (status: the stopped w2 no longer holds it), S goes to w1 (status:
+/// w1 holds it); only then is w2 continued. Its in-flight mini-batch and w1's first
+/// one of S are the same images, and w1 still has at least five mini-batches of S
+/// to go, so the job is open when w2's late copies arrive and one copy of each is
+/// dropped. The report must show S with a lapsed lease, both workers assigned, and
+/// dropped duplicates.
 #[test]
-#[ignore = "timing-dependent: on an idle machine the job ends before w2's late results reach the leader; run with scripts/test-long until fixed"]
 fn sigstop_worker_past_its_lease() {
     let _g = serial();
     let c = case();
-    let mut l = leader_with(&c, "leader", &["--shard-size", "16"]);
+    let mut l = leader_with(&c, "leader", &["--shard-size", "64"]);
     let mut w1 = worker(&c, "w1");
     let mut w2 = worker(&c, "w2");
-    wait_stored(&c.store, 16, JOB_TIMEOUT, &[&l, &w1, &w2]);
-    signal(&w2.child, "STOP");
-    let stopped_at = Instant::now();
-    let before = stored(&c.store);
-    // The other worker goes on (two more shards) and the stopped one's lease
-    // (3 s) runs out before it resumes; its late results are then duplicates.
-    wait_stored(
-        &c.store,
-        (before + 32).min(IMAGES - 16),
-        JOB_TIMEOUT,
-        &[&l, &w1],
+    let watch = Watch::new(&c);
+    let early_in_shard = |s: &overinterp_cluster::proto::JobStatus| {
+        worker_in_status(s, "w2").is_some_and(|w| {
+            !w.leased.is_empty() && w.images_accepted > 0 && w.images_accepted <= 24
+        })
+    };
+    watch.until(
+        "w2 early in a shard (8 to 24 of 64 images accepted)",
+        &[&l, &w1, &w2],
+        early_in_shard,
     );
-    while stopped_at.elapsed() < Duration::from_secs(5) && stored(&c.store) < IMAGES {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    signal(&w2.child, "STOP");
+    // What the leader saw once w2 stopped: the shard it holds.
+    let at_stop = watch.until("w2's lease after the stop", &[&l], |_| true);
+    let w2_at_stop = worker_in_status(&at_stop, "w2").expect("w2 in status");
+    assert!(
+        !w2_at_stop.leased.is_empty() && w2_at_stop.images_accepted <= 32,
+        "w2 moved on before the stop landed: {at_stop:?}"
+    );
+    let s = w2_at_stop.leased[0];
+    watch.until("w2's lease on its shard lapse", &[&l, &w1], |st| {
+        worker_in_status(st, "w2").is_some_and(|w| !w.leased.contains(&s))
+    });
+    watch.until("w1 take over w2's shard", &[&l, &w1], |st| {
+        worker_in_status(st, "w1").is_some_and(|w| w.leased.contains(&s))
+    });
     signal(&w2.child, "CONT");
     l.wait_success(JOB_TIMEOUT);
     w1.wait_success(JOB_TIMEOUT);
@@ -378,18 +461,21 @@ fn sigstop_worker_past_its_lease() {
     // gone and the job complete; it must not hang.
     w2.wait(JOB_TIMEOUT);
     let r = report(&c, "leader");
-    let landed = shard_records(&r).into_iter().find(|rec| {
-        // w2 held it, its lease lapsed, it went to w1 too, and one copy of some
-        // images (w2's late ones, or w1's after w2's arrived) was dropped.
+    let rec = shard_records(&r)
+        .into_iter()
+        .find(|rec| rec["shard"] == s)
+        .unwrap_or_else(|| panic!("no record of shard {s}: {r:#}"));
+    let assigned = rec["assigned"].as_array().cloned().unwrap_or_default();
+    assert!(
         rec["lease_expiries"].as_u64() >= Some(1)
             && rec["duplicates"].as_u64() >= Some(1)
-            && rec["assigned"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|n| n == "w2") && a.iter().any(|n| n == "w1"))
-    });
-    assert!(
-        landed.is_some(),
-        "no shard shows w2's lapsed lease and a dropped late duplicate: {r:#}"
+            && assigned.iter().any(|n| n == "w2")
+            && assigned.iter().any(|n| n == "w1"),
+        "shard {s} must show w2's lapsed lease, w1 taking it over and a dropped late duplicate: {rec:#}"
+    );
+    eprintln!(
+        "sigstop: shard {s}: lease expiries {}, duplicates dropped {}, accepted by {}",
+        rec["lease_expiries"], rec["duplicates"], rec["accepted_by"]
     );
     assert_same_as_reference(&c.store);
 }
