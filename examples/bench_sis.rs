@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
     let mut model = models::build(&ModelConfig::new(Arch::ResNet20, 10, [3, 32, 32]), device)?;
     model.freeze();
     let model: &dyn Classifier = model.as_ref();
-    let eval = Evaluator::new(model, false);
+    let eval = Evaluator::new(model);
 
     let n_images = BATCH as usize;
     let mut state = 0x1234_5678u64;

@@ -79,6 +79,17 @@ pub fn leader_setup(
     listen: SocketAddr,
     tuning: &Tuning,
 ) -> anyhow::Result<(LeaderConfig, StoreSink)> {
+    let requested_precision = job.sis.precision;
+    // The leader fixes `precision = auto` (on the job's device, where it has it);
+    // workers receive the fixed spec and compute in what it says.
+    let mut job = job.clone();
+    job.fix_precision()?;
+    let spec = if job.sis.precision == requested_precision {
+        spec
+    } else {
+        job.to_toml()
+    };
+    let job = &job;
     let mut local = job.clone();
     local.device = "cpu".into();
     let opened = local.open()?;

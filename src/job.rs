@@ -59,6 +59,8 @@ fn default_device() -> String {
 /// A model and dataset opened for a job.
 pub struct Opened {
     pub model: Box<dyn Classifier>,
+    /// A second copy of the model in the job's reduced precision, if it has one.
+    pub reduced: Option<Box<dyn Classifier>>,
     pub source: Box<dyn ImageSource>,
     pub meta: StoreMeta,
 }
@@ -85,9 +87,79 @@ impl SisJob {
         Ok(start..end)
     }
 
-    /// Opens the dataset and the model and describes the store they make.
+    /// Fixes `precision = auto` for this job, once, where the job is decided (the
+    /// single `overinterp sis` process or the leader), never on a worker: a resumed
+    /// store keeps the precision it records; otherwise [`sis::precision::resolve`]
+    /// measures on the job's device when it computes a reduced kind natively. A
+    /// job whose device this process does not have stays fp32.
+    pub fn fix_precision(&mut self) -> anyhow::Result<()> {
+        use sis::precision::{self, Precision};
+        if self.sis.precision != Precision::Auto {
+            return Ok(());
+        }
+        let meta_file = self.out.join(crate::store::META_FILE);
+        if let Ok(text) = std::fs::read_to_string(&meta_file) {
+            let recorded = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("precision")?.as_str()?.parse::<Precision>().ok());
+            if let Some(p) = recorded.filter(|p| *p != Precision::Auto) {
+                tracing::info!(precision = %p, store = %self.out.display(), "precision auto: the store's");
+                self.sis.precision = p;
+                return Ok(());
+            }
+        }
+        let device = crate::util::parse_device(&self.device).map_err(anyhow::Error::msg)?;
+        let resolved = if device.is_cuda() && !tch::Cuda::is_available() {
+            precision::Resolved {
+                precision: Precision::Fp32,
+                why: "auto: this process has no CUDA device to measure on".into(),
+            }
+        } else {
+            let [c, h, w] = self.input_shape()?;
+            let model_err = |source| sis::SisError::Model {
+                model: self.model.clone(),
+                source,
+            };
+            precision::resolve(Precision::Auto, device, |kind| {
+                let fp32 = models::load_model(&self.model, device, [c, h, w]).map_err(model_err)?;
+                let mut low =
+                    models::load_model(&self.model, device, [c, h, w]).map_err(model_err)?;
+                low.set_kind(kind).map_err(model_err)?;
+                precision::measure_speedup(
+                    fp32.as_ref(),
+                    low.as_ref(),
+                    kind,
+                    self.sis.candidate_batch as i64,
+                )
+            })?
+        };
+        tracing::info!(precision = %resolved.precision, why = %resolved.why, "precision fixed by the job");
+        self.sis.precision = resolved.precision;
+        Ok(())
+    }
+
+    /// `[C, H, W]` of the job's dataset.
+    fn input_shape(&self) -> anyhow::Result<[i64; 3]> {
+        let spec: data::DatasetSpec = self
+            .data
+            .parse()
+            .with_context(|| format!("data {}", self.data))?;
+        let source = data::open_dataset(&spec, self.split)
+            .with_context(|| format!("opening {} ({} split)", self.data, self.split))?;
+        let [c, h, w] = source.shape();
+        Ok([c as i64, h as i64, w as i64])
+    }
+
+    /// Opens the dataset and the model (and its reduced-precision copy) and
+    /// describes the store they make. The precision must be fixed
+    /// ([`Self::fix_precision`]).
     pub fn open(&self) -> anyhow::Result<Opened> {
         self.sis.validate()?;
+        anyhow::ensure!(
+            self.sis.precision != sis::Precision::Auto,
+            "precision auto must be fixed by the job before it is opened (the leader or \
+             `overinterp sis` does so); a worker never chooses it"
+        );
         let device = crate::util::parse_device(&self.device).map_err(anyhow::Error::msg)?;
         let spec: data::DatasetSpec = self
             .data
@@ -99,6 +171,17 @@ impl SisJob {
         let mut model = models::load_model(&self.model, device, [c as i64, h as i64, w as i64])
             .with_context(|| format!("loading model {}", self.model))?;
         model.freeze();
+        let reduced = match self.sis.precision.reduced_kind() {
+            Some(kind) => {
+                let mut low =
+                    models::load_model(&self.model, device, [c as i64, h as i64, w as i64])?;
+                low.freeze();
+                low.set_kind(kind)
+                    .with_context(|| format!("model {} in {}", self.model, self.sis.precision))?;
+                Some(low)
+            }
+            None => None,
+        };
         let meta = StoreMeta {
             format_version: FORMAT_VERSION,
             model: model.describe(),
@@ -113,17 +196,22 @@ impl SisJob {
             num_images: source.len() as u64,
             seed: self.sis.seed,
             objective: self.sis.objective,
-            precision: self.sis.precision().into(),
+            precision: self.sis.precision.as_str().into(),
             created_by: Some(crate::store::Provenance::current()),
-            extra: [
-                ("collection".to_string(), self.sis.collection.to_string()),
-                ("autocast".into(), self.sis.autocast.to_string()),
-            ]
-            .into_iter()
-            .collect(),
+            extra: [("collection".to_string(), self.sis.collection.to_string())]
+                .into_iter()
+                .chain(
+                    // The fp32 re-ranking changes results only in reduced precision.
+                    self.sis
+                        .precision
+                        .reduced_kind()
+                        .map(|_| ("rerank".to_string(), self.sis.rerank.to_string())),
+                )
+                .collect(),
         };
         Ok(Opened {
             model,
+            reduced,
             source,
             meta,
         })
@@ -133,7 +221,9 @@ impl SisJob {
     /// holds; every mini-batch is made durable before the next starts, so a kill
     /// loses at most one mini-batch of work. Returns the number of images computed.
     pub fn run_local(&self, stop: &AtomicBool) -> anyhow::Result<usize> {
-        let opened = self.open()?;
+        let mut job = self.clone();
+        job.fix_precision()?;
+        let opened = job.open()?;
         let range = self.range(opened.source.len())?;
         let mut writer = StoreWriter::open(&self.out, opened.meta.clone())?;
         let todo = writer.missing(range.clone());
@@ -141,7 +231,7 @@ impl SisJob {
         let mut progress = Progress::new("sis", todo.len() as u64);
         let mut done = 0;
         for chunk in todo.chunks(self.sis.batch_size) {
-            let summary = compute(&opened, chunk, &self.sis, stop, |rec| {
+            let summary = compute(&opened, chunk, &job.sis, stop, |rec| {
                 // A duplicate (already durable) is skipped: exactly once per index.
                 let _ = writer.append(rec)?;
                 Ok::<_, crate::store::StoreError>(())
@@ -169,8 +259,9 @@ pub fn compute<E>(
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    sis::run_sis(
+    sis::run_sis_with(
         opened.model.as_ref(),
+        opened.reduced.as_deref(),
         opened.source.as_ref(),
         indices,
         params,

@@ -10,55 +10,26 @@
 //!   the one exact BackSelect makes from the same state, and [`agreement`] against
 //!   the exact run is printed (steps with the same choice, identical SIS, 5 % Jaccard).
 
-use std::sync::atomic::AtomicBool;
+mod common;
+
 use std::sync::OnceLock;
 
-use overinterp::data::{self, ImageSource, Split};
-use overinterp::models;
+use common::fmnist14::{self, module, removal_log_odds};
 use overinterp::sis::screened::agreement;
-use overinterp::sis::{run_sis, ImageSis, Method, SisParams};
+use overinterp::sis::{ImageSis, Method, SisParams};
 use tch::{CModule, Device, Kind, Tensor};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const MODEL: &str = "tests/fixtures/models/fmnist14_cnn.pt";
-const DATA: &str = "tests/fixtures/fmnist14";
 const TAU: f32 = 0.9;
 /// Images of the fixture every test uses.
 const IMAGES: [u64; 4] = [0, 1, 2, 3];
 
-fn source() -> Box<dyn ImageSource> {
-    let spec: data::DatasetSpec = format!("fashion-mnist:{ROOT}/{DATA}").parse().unwrap();
-    data::open_dataset(&spec, Split::Test).unwrap()
-}
-
 fn run(method: Method, indices: &[u64]) -> Vec<ImageSis> {
-    let source = source();
-    let [c, h, w] = source.shape();
-    let model = models::load_model(
-        &format!("{ROOT}/{MODEL}"),
-        Device::Cpu,
-        [c as i64, h as i64, w as i64],
-    )
-    .unwrap();
     let params = SisParams {
         method,
         thresholds: vec![TAU],
         ..SisParams::default()
     };
-    let mut out = Vec::new();
-    run_sis(
-        model.as_ref(),
-        source.as_ref(),
-        indices,
-        &params,
-        |r| {
-            out.push(r);
-            Ok::<_, std::io::Error>(())
-        },
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    out
+    fmnist14::run(&params, indices)
 }
 
 /// The exact run over [`IMAGES`], shared by the tests of this binary.
@@ -81,30 +52,6 @@ fn screened_with_m_at_least_p_equals_exact_bit_for_bit() {
     assert!(exact()[..2]
         .iter()
         .any(|r| !r.collections[0].sis.is_empty()));
-}
-
-/// `L = logsumexp_{j≠c}(z_j − z_c)` per row, in f64 on the host from the logits.
-fn log_odds_host(logits: &Tensor, c: i64) -> Vec<f64> {
-    let z = Vec::<f64>::try_from(logits.to_kind(Kind::Double).view([-1])).unwrap();
-    let k = logits.size()[1] as usize;
-    z.chunks(k)
-        .map(|row| {
-            let zc = row[c as usize];
-            let m = row
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j as i64 != c)
-                .map(|(_, &v)| v - zc)
-                .fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = row
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j as i64 != c)
-                .map(|(_, &v)| (v - zc - m).exp())
-                .sum();
-            m + s.ln()
-        })
-        .collect()
 }
 
 /// Replays one screened record: per step, (pick surely valid, pick = exact's choice).
@@ -156,15 +103,8 @@ fn replay(module: &CModule, x: &Tensor, rec: &ImageSis, screen: usize) -> Replay
             .fold(0f32, f32::max)
             .max(1e-30);
         let eps = 1e-4 * scale;
-        // Every remaining pixel's L, evaluated one forward batch per step.
-        let mut cand = Vec::with_capacity(remaining.len());
-        for &q in &remaining {
-            let mut k = keep_host.clone();
-            k[q] = 0.0;
-            cand.push(Tensor::from_slice(&k).view([1, 1, h, w]));
-        }
-        let batch = x * Tensor::cat(&cand, 0);
-        let l = log_odds_host(&module.forward_ts(&[batch]).unwrap(), c);
+        // Every remaining pixel's L, evaluated in one forward batch.
+        let l = removal_log_odds(module, x, &present, c, Kind::Float);
         let at = |q: usize| remaining.binary_search(&q).unwrap();
         let l_pick = l[at(pick as usize)];
         let best = (0..l.len()).fold(0, |b, i| if l[i] < l[b] { i } else { b });
@@ -197,11 +137,8 @@ fn screened_m32_picks_the_best_screened_pixel_and_its_agreement_is_measured() {
         &IMAGES,
     );
     let exact = exact();
-    let source = source();
-    let positions: Vec<usize> = IMAGES.iter().map(|&i| i as usize).collect();
-    let (xs, _) = data::batch(source.as_ref(), &positions, Device::Cpu).unwrap();
-    let mut module = CModule::load(format!("{ROOT}/{MODEL}")).unwrap();
-    module.set_eval();
+    let xs = fmnist14::images(&IMAGES);
+    let module = module(Kind::Float);
     let (mut steps, mut exact_choice) = (0, 0);
     let mut jaccards = Vec::new();
     for (i, (rec, ex)) in screened.iter().zip(exact).enumerate() {

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 
 use crate::data::Split;
 use crate::job::SisJob;
-use crate::sis::{Method, Objective, SisParams};
+use crate::sis::{Method, Objective, Precision, SisParams};
 
 /// Candidates per step of `--method screened` when `--screen` is not given.
 pub const DEFAULT_SCREEN: u32 = 32;
@@ -73,9 +73,16 @@ pub struct SisArgs {
     /// Seed of the gradient method's tie-break noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Reduced-precision autocast on CUDA (measure its effect before trusting it).
-    #[arg(long)]
-    pub autocast: bool,
+    /// fp32, bf16, fp16 or auto: the arithmetic of the steps that may run in reduced
+    /// precision (exact ranks candidates in it and re-evaluates the best --rerank in
+    /// fp32; gradient steps run in it; every SIS is re-checked in fp32). auto picks a
+    /// reduced kind only where native (CUDA; CPUs with AVX512-BF16 or AMX) and
+    /// measured faster, else fp32; the store records what was used.
+    #[arg(long, default_value = "auto")]
+    pub precision: Precision,
+    /// Candidates re-evaluated in fp32 per exact step in reduced precision.
+    #[arg(long, default_value_t = crate::sis::precision::DEFAULT_RERANK)]
+    pub rerank: u32,
     /// First image index to process.
     #[arg(long)]
     pub start: Option<u64>,
@@ -125,7 +132,8 @@ impl SisArgs {
                 candidate_batch: self.candidate_batch,
                 seed: self.seed,
                 collection: !self.no_collection,
-                autocast: self.autocast,
+                precision: self.precision,
+                rerank: self.rerank,
             },
         })
     }

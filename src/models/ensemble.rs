@@ -93,6 +93,10 @@ impl Classifier for Ensemble {
         }
     }
 
+    fn set_kind(&mut self, kind: tch::Kind) -> Result<(), ModelError> {
+        self.members.iter_mut().try_for_each(|m| m.set_kind(kind))
+    }
+
     fn describe(&self) -> String {
         let names: Vec<String> = self.members.iter().map(|m| m.describe()).collect();
         format!(

@@ -136,6 +136,10 @@ impl Classifier for InputDropout {
         self.inner.var_store()
     }
 
+    fn set_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
+        self.inner.set_kind(kind)
+    }
+
     fn var_store_mut(&mut self) -> Option<&mut nn::VarStore> {
         self.inner.var_store_mut()
     }

@@ -10,7 +10,7 @@
 //! - [`InputDropout`]: keep each pixel with probability p at train and test time.
 //! - [`load_checkpoint`] / [`load_model`]: what `--model` accepts.
 
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 mod checkpoint;
 mod config;
@@ -82,6 +82,21 @@ pub trait Classifier: Send {
     fn freeze(&mut self) {
         if let Some(vs) = self.var_store_mut() {
             vs.freeze();
+        }
+    }
+    /// Converts the parameters to `kind` (BFloat16 or Half for reduced-precision
+    /// SIS steps; inputs must then be of that kind). Models without a var store
+    /// that cannot convert say so.
+    fn set_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
+        match self.var_store_mut() {
+            Some(vs) => {
+                vs.set_kind(kind);
+                Ok(())
+            }
+            None => Err(ModelError::Invalid(format!(
+                "{}: cannot convert its parameters to {kind:?}",
+                self.describe()
+            ))),
         }
     }
     /// The configuration that rebuilds this model (input dropout included), for

@@ -210,6 +210,11 @@ impl Classifier for TorchScriptModel {
     /// Nothing to do: parameters were frozen at load.
     fn freeze(&mut self) {}
 
+    fn set_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
+        self.module.to(self.device, kind, false);
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         let [c, h, w] = self.input_shape;
         format!(

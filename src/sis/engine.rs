@@ -17,29 +17,52 @@ use tch::{Device, Kind, Tensor};
 
 use super::exact::exact_backselect;
 use super::gradient::gradient_backselect;
+use super::precision::reduced_exact_backselect;
 use super::screened::screened_backselect;
 use super::{BackSelectTrace, ImageSis, Method, Objective, SisCollection, SisError, SisParams};
 use crate::data::{self, ImageSource};
 use crate::models::Classifier;
 
-/// A model wrapped for SIS: runs forwards in eval mode (optionally under
-/// autocast) and validates every output, so a misbehaving model is reported by
-/// name instead of corrupting an ordering.
+/// A model wrapped for SIS: runs forwards in eval mode and validates every output,
+/// so a misbehaving model is reported by name instead of corrupting an ordering.
+/// Optionally carries a copy of the model in reduced precision, which ranks
+/// candidates where `--precision` asks for it (see [`super::precision`]).
 pub struct Evaluator<'a> {
     model: &'a dyn Classifier,
     /// Classes the model claims; every output must have exactly this many columns.
     classes: i64,
-    /// Whether forwards run under libtorch's CUDA autocast.
-    autocast: bool,
+    /// The parameters' float kind: inputs are cast to it, logits back to fp32.
+    kind: Kind,
+    /// The same model with parameters in reduced precision, and that kind.
+    reduced: Option<(&'a dyn Classifier, Kind)>,
 }
 
 impl<'a> Evaluator<'a> {
-    pub fn new(model: &'a dyn Classifier, autocast: bool) -> Self {
+    /// An fp32 evaluator of `model`.
+    pub fn new(model: &'a dyn Classifier) -> Self {
         Self {
             model,
             classes: model.num_classes(),
-            autocast,
+            kind: Kind::Float,
+            reduced: None,
         }
+    }
+
+    /// Adds `reduced`, the same model with its parameters in `kind` (BFloat16 or
+    /// Half; see [`Classifier::set_kind`]), for the steps that may run in it.
+    pub fn with_reduced(mut self, reduced: &'a dyn Classifier, kind: Kind) -> Self {
+        self.reduced = Some((reduced, kind));
+        self
+    }
+
+    /// The reduced-precision evaluator, if one was added.
+    pub fn reduced(&self) -> Option<Evaluator<'a>> {
+        self.reduced.map(|(model, kind)| Evaluator {
+            model,
+            classes: self.classes,
+            kind,
+            reduced: None,
+        })
     }
 
     pub fn model_name(&self) -> String {
@@ -55,12 +78,19 @@ impl<'a> Evaluator<'a> {
     /// `images` are the dataset indices involved, for error messages.
     pub fn logits(&self, xs: &Tensor, images: &[u64]) -> Result<Tensor, SisError> {
         let batch = xs.size().first().copied().unwrap_or(0);
-        let out =
-            tch::autocast(self.autocast, || self.model.forward(xs, false)).map_err(|source| {
-                SisError::Model {
-                    model: self.model_name(),
-                    source,
-                }
+        let cast;
+        let xs = if self.kind == Kind::Float {
+            xs
+        } else {
+            cast = xs.f_to_kind(self.kind)?;
+            &cast
+        };
+        let out = self
+            .model
+            .forward(xs, false)
+            .map_err(|source| SisError::Model {
+                model: self.model_name(),
+                source,
             })?;
         let got = out.size();
         if got.len() != 2 || got[0] != batch || got[1] != self.classes {
@@ -287,6 +317,24 @@ pub fn run_sis<E>(
     source: &dyn ImageSource,
     indices: &[u64],
     params: &SisParams,
+    emit: impl FnMut(ImageSis) -> Result<(), E>,
+    stop: &AtomicBool,
+) -> Result<SisRunSummary, SisError>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    run_sis_with(model, None, source, indices, params, emit, stop)
+}
+
+/// [`run_sis`] with `reduced`, a copy of `model` whose parameters are in the
+/// precision `params.precision` names (bf16 or fp16): required exactly when that
+/// precision is reduced.
+pub fn run_sis_with<E>(
+    model: &dyn Classifier,
+    reduced: Option<&dyn Classifier>,
+    source: &dyn ImageSource,
+    indices: &[u64],
+    params: &SisParams,
     mut emit: impl FnMut(ImageSis) -> Result<(), E>,
     stop: &AtomicBool,
 ) -> Result<SisRunSummary, SisError>
@@ -295,7 +343,16 @@ where
 {
     params.validate()?;
     check_input_shape(model, source)?;
-    let eval = Evaluator::new(model, params.autocast);
+    let eval = match (params.precision.reduced_kind(), reduced) {
+        (None, _) => Evaluator::new(model),
+        (Some(kind), Some(low)) => Evaluator::new(model).with_reduced(low, kind),
+        (Some(_), None) => {
+            return Err(SisError::Params(format!(
+                "precision {} needs a copy of the model in that precision (SisJob::open loads one)",
+                params.precision
+            )))
+        }
+    };
     let mut emitted = 0;
     for chunk in indices.chunks(params.batch_size) {
         if stop.load(Ordering::SeqCst) {
@@ -617,12 +674,32 @@ fn backselect(
     input: &BackSelectInput,
 ) -> Result<Vec<BackSelectTrace>, SisError> {
     let objective: Objective = params.objective;
-    match params.method {
-        Method::Exact => exact_backselect(eval, input, objective, params.candidate_batch, None),
-        Method::Gradient { k } => gradient_backselect(eval, input, objective, k, None),
-        Method::Screened { screen } => {
-            screened_backselect(eval, input, objective, screen, params.candidate_batch, None)
+    let low = eval.reduced();
+    match (params.method, &low) {
+        (Method::Exact, None) => {
+            exact_backselect(eval, input, objective, params.candidate_batch, None)
         }
+        (Method::Exact, Some(low)) => reduced_exact_backselect(
+            eval,
+            low,
+            input,
+            objective,
+            params.rerank,
+            params.candidate_batch,
+            None,
+        ),
+        (Method::Gradient { k }, _) => {
+            gradient_backselect(low.as_ref().unwrap_or(eval), input, objective, k, None)
+        }
+        (Method::Screened { screen }, _) => screened_backselect(
+            eval,
+            low.as_ref().unwrap_or(eval),
+            input,
+            objective,
+            screen,
+            params.candidate_batch,
+            None,
+        ),
     }
 }
 

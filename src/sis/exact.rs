@@ -6,8 +6,8 @@
 //!
 //! Candidates of all images of a call are pooled into one list and evaluated in
 //! forwards of `candidate_batch` masked images under `no_grad`. A batch is built
-//! with two tensor ops and one copy (gather the current images, zero each
-//! candidate's pixel in place with a scatter); the only per-step host work is
+//! with three tensor ops (gather the current images, knock one pixel out of a block
+//! of ones with a scatter, one broadcast multiply); the only per-step host work is
 //! the arg-best over the returned scores and the bookkeeping of which pixels
 //! remain.
 
@@ -58,8 +58,6 @@ pub(crate) fn screened_exact(
     let _guard = tch::no_grad_guard();
     let jobs = input.targets.len();
     let (p, h, w, device) = input.geometry()?;
-    let candidate_batch = candidate_batch.max(1) as i64;
-    let mut health = Health::new(input.images);
 
     // Host bookkeeping: remaining pixels per job, ascending (so the first maximum
     // in a job's segment is the lowest pixel index).
@@ -86,7 +84,6 @@ pub(crate) fn screened_exact(
     // images it yields.
     let mut present_flat = Tensor::from_slice(&input.present_f32()).f_to_device(device)?;
     let targets = Tensor::from_slice(input.targets).f_to_device(device)?;
-    let c = input.xs.size()[1];
     let mut x_cur = input
         .xs
         .f_mul(&present_flat.f_view([jobs as i64, 1, h, w])?)?;
@@ -104,50 +101,15 @@ pub(crate) fn screened_exact(
             None => None,
         };
         let cands: &[Vec<u32>] = screened.as_deref().unwrap_or(&remaining);
-        // Flattened candidate list: (job, pixel) for every candidate.
-        let total: usize = cands.iter().map(Vec::len).sum();
-        let mut job_idx = Vec::with_capacity(total);
-        let mut pix_idx = Vec::with_capacity(total);
-        for (j, rem) in cands.iter().enumerate() {
-            for &q in rem {
-                job_idx.push(j as i64);
-                pix_idx.push(i64::from(q));
-            }
-        }
-        let job_t = Tensor::from_slice(&job_idx).f_to_device(device)?;
-        let pix_t = Tensor::from_slice(&pix_idx).f_to_device(device)?;
-        let mut confidences = Vec::with_capacity(total.div_ceil(candidate_batch as usize));
-        let mut log_odds = Vec::with_capacity(confidences.capacity());
-        let l_kind = (objective == Objective::LogOdds).then_some(Kind::Double);
-        let mut start = 0i64;
-        while start < total as i64 {
-            let len = candidate_batch.min(total as i64 - start);
-            let jb = job_t.f_narrow(0, start, len)?;
-            let pb = pix_t.f_narrow(0, start, len)?;
-            // The current images of the batch's jobs (one copy), then each candidate's
-            // pixel zeroed in place in every channel.
-            let cand = x_cur.f_index_select(0, &jb)?;
-            let _ = cand.f_view([len, c, p])?.f_scatter_value_(
-                2,
-                &pb.f_view([len, 1, 1])?.f_expand([len, c, 1], false)?,
-                0.0,
-            )?;
-            let tb = targets.f_index_select(0, &jb)?;
-            let (f, l, finite) =
-                eval.confidence_and_log_odds_deferred(&cand, &tb, input.images, l_kind)?;
-            health.note(finite)?;
-            confidences.push(f);
-            log_odds.extend(l);
-            start += len;
-        }
-        let f_all: Vec<f32> =
-            Vec::<f32>::try_from(Tensor::f_cat(&confidences, 0)?.f_to_device(Device::Cpu)?)?;
-        let l_all: Vec<f64> = if log_odds.is_empty() {
-            Vec::new()
-        } else {
-            Vec::<f64>::try_from(Tensor::f_cat(&log_odds, 0)?.f_to_device(Device::Cpu)?)?
-        };
-        health.check(eval, "logits")?;
+        let (f_all, l_all) = score_candidates(
+            eval,
+            &x_cur,
+            &targets,
+            cands,
+            objective,
+            candidate_batch,
+            input.images,
+        )?;
 
         // Best per job (the first best = lowest pixel index), then remove it.
         let mut chosen = Vec::with_capacity(jobs);
@@ -186,6 +148,77 @@ pub(crate) fn screened_exact(
         step += 1;
     }
     Ok(traces)
+}
+
+/// `f` (fp32 softmax) and, for [`Objective::LogOdds`], `L` (float64) of every
+/// candidate of `cands` (per job, pixels to knock out of its row of `x_cur`
+/// `[J, C, H, W]`), flattened job by job, evaluated in no-grad forwards of
+/// `candidate_batch` masked images. A batch is three tensor ops: gather the
+/// current images, knock one pixel out of a block of ones with a scatter, one
+/// broadcast multiply.
+pub(crate) fn score_candidates(
+    eval: &Evaluator,
+    x_cur: &Tensor,
+    targets: &Tensor,
+    cands: &[Vec<u32>],
+    objective: Objective,
+    candidate_batch: usize,
+    images: &[u64],
+) -> Result<(Vec<f32>, Vec<f64>), SisError> {
+    let _guard = tch::no_grad_guard();
+    let size = x_cur.size();
+    let (h, w, device) = (size[2], size[3], x_cur.device());
+    let p = h * w;
+    let candidate_batch = candidate_batch.max(1) as i64;
+    let mut health = Health::new(images);
+    let c = size[1];
+    // Flattened candidate list: (job, pixel) for every candidate.
+    let total: usize = cands.iter().map(Vec::len).sum();
+    let mut job_idx = Vec::with_capacity(total);
+    let mut pix_idx = Vec::with_capacity(total);
+    for (j, rem) in cands.iter().enumerate() {
+        for &q in rem {
+            job_idx.push(j as i64);
+            pix_idx.push(i64::from(q));
+        }
+    }
+    let job_t = Tensor::from_slice(&job_idx).f_to_device(device)?;
+    let pix_t = Tensor::from_slice(&pix_idx).f_to_device(device)?;
+    let mut confidences = Vec::with_capacity(total.div_ceil(candidate_batch as usize));
+    let mut log_odds = Vec::with_capacity(confidences.capacity());
+    let l_kind = (objective == Objective::LogOdds).then_some(Kind::Double);
+    let mut start = 0i64;
+    while start < total as i64 {
+        let len = candidate_batch.min(total as i64 - start);
+        let jb = job_t.f_narrow(0, start, len)?;
+        let pb = pix_t.f_narrow(0, start, len)?;
+        // The current images of the batch's jobs (one copy), then each candidate's
+        // pixel zeroed in place in every channel.
+        let cand = x_cur.f_index_select(0, &jb)?;
+        let _ = cand.f_view([len, c, p])?.f_scatter_value_(
+            2,
+            &pb.f_view([len, 1, 1])?.f_expand([len, c, 1], false)?,
+            0.0,
+        )?;
+        let tb = targets.f_index_select(0, &jb)?;
+        let (f, l, finite) = eval.confidence_and_log_odds_deferred(&cand, &tb, images, l_kind)?;
+        health.note(finite)?;
+        confidences.push(f);
+        log_odds.extend(l);
+        start += len;
+    }
+    if confidences.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let f_all: Vec<f32> =
+        Vec::<f32>::try_from(Tensor::f_cat(&confidences, 0)?.f_to_device(Device::Cpu)?)?;
+    let l_all: Vec<f64> = if log_odds.is_empty() {
+        Vec::new()
+    } else {
+        Vec::<f64>::try_from(Tensor::f_cat(&log_odds, 0)?.f_to_device(Device::Cpu)?)?
+    };
+    health.check(eval, "logits")?;
+    Ok((f_all, l_all))
 }
 
 /// Position of the first smallest value (so ties go to the lowest pixel index).

@@ -12,6 +12,8 @@
 //!   with exact.
 //! - [`findsis`]: FindSIS from the recorded confidence history (no model calls)
 //!   and the explicit pop-and-re-evaluate form of S5 it is checked against.
+//! - [`precision`]: `--precision fp32|bf16|fp16|auto`: which steps may run in
+//!   reduced precision, how `auto` decides, and the fp32 re-ranking of exact.
 //! - [`objective`]: what candidates are compared by: `L = logsumexp_{j≠c}(z_j − z_c)`
 //!   (default), which does not saturate where an fp32 `f` rounds to 1.
 //! - [`engine`]: [`run_sis`], which turns image indices of a dataset into
@@ -24,13 +26,15 @@ pub mod exact;
 pub mod findsis;
 pub mod gradient;
 pub mod objective;
+pub mod precision;
 pub mod screened;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{run_sis, sis_batch, Evaluator, SisRunSummary};
+pub use engine::{run_sis, run_sis_with, sis_batch, Evaluator, SisRunSummary};
 pub use findsis::{find_sis, find_sis_by_reevaluation, BackSelectTrace};
 pub use objective::Objective;
+pub use precision::Precision;
 
 /// Everything the engine learns about one image; what the result store keeps and
 /// what a cluster worker streams back.
@@ -175,10 +179,14 @@ pub struct SisParams {
     /// Find the whole SIS collection (repeat on the remaining pixels until
     /// `f < τ`); `false` keeps only the first SIS per threshold.
     pub collection: bool,
-    /// Run forwards under libtorch's CUDA autocast (reduced precision; tch 0.24
-    /// uses libtorch's default autocast dtype, fp16). No effect on CPU. Off by
-    /// default: its effect on the selected pixels must be measured, not assumed.
-    pub autocast: bool,
+    /// Arithmetic of the steps that may run in reduced precision (see
+    /// [`precision`]). `auto` is resolved by the job (the leader) before any
+    /// worker computes; the engine itself reads `auto` as fp32 and never looks at
+    /// the machine.
+    pub precision: Precision,
+    /// Exact BackSelect in reduced precision: candidates re-evaluated in fp32 per
+    /// step, the best of the reduced-precision ranking (default 8).
+    pub rerank: u32,
 }
 
 impl Default for SisParams {
@@ -191,22 +199,13 @@ impl Default for SisParams {
             candidate_batch: 256,
             seed: 0,
             collection: true,
-            autocast: false,
+            precision: Precision::default(),
+            rerank: precision::DEFAULT_RERANK,
         }
     }
 }
 
 impl SisParams {
-    /// The arithmetic of the model's forwards, as the store records it: `fp32`, or
-    /// `autocast` (libtorch's CUDA autocast; no effect on CPU).
-    pub fn precision(&self) -> &'static str {
-        if self.autocast {
-            "autocast"
-        } else {
-            "fp32"
-        }
-    }
-
     /// Rejects parameters the algorithms cannot run with, saying which and why.
     pub fn validate(&self) -> Result<(), SisError> {
         if let Method::Gradient { k: 0 } = self.method {
@@ -217,6 +216,11 @@ impl SisParams {
         if let Method::Screened { screen: 0 } = self.method {
             return Err(SisError::Params(
                 "method screened needs screen ≥ 1 candidates per step".into(),
+            ));
+        }
+        if self.rerank == 0 {
+            return Err(SisError::Params(
+                "rerank must be at least 1 candidate re-evaluated in fp32".into(),
             ));
         }
         if self.thresholds.is_empty() {

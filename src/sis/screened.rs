@@ -22,10 +22,12 @@ use super::exact::{screened_exact, Screen};
 use super::{BackSelectTrace, ImageSis, Objective, SisError};
 
 /// Runs screened exact BackSelect for every job of `input`, evaluating the `screen`
-/// best-ranked remaining pixels of each job exactly at each step. Arguments as for
-/// [`super::exact::exact_backselect`].
+/// best-ranked remaining pixels of each job exactly at each step. `ranker` computes
+/// the mask gradient (`eval` itself, or its reduced-precision copy); `eval` the
+/// candidates. Other arguments as for [`super::exact::exact_backselect`].
 pub fn screened_backselect(
     eval: &Evaluator,
+    ranker: &Evaluator,
     input: &BackSelectInput,
     objective: Objective,
     screen: u32,
@@ -34,7 +36,7 @@ pub fn screened_backselect(
 ) -> Result<Vec<BackSelectTrace>, SisError> {
     let (_, h, w, device) = input.geometry()?;
     let mut ranker = GradientScreen {
-        eval,
+        eval: ranker,
         input,
         targets: Tensor::from_slice(input.targets).f_to_device(device)?,
         objective,

@@ -520,7 +520,7 @@ fn safe_thresholds(history: &[f32], confidence: f32) -> Vec<f32> {
 fn check_history_equals_reevaluation(method: Method, seed: u64) -> Result<usize, SisError> {
     let model = ConvNet::new(seed, 3, 5);
     let source = random_source(seed, 2, [3, 5, 5]);
-    let eval = Evaluator::new(&model, false);
+    let eval = Evaluator::new(&model);
     let (x, _) = crate::data::batch(&source, &[0, 1], Device::Cpu)?;
     let (predicted, confidence) = eval.predict(&x, &[0, 1])?;
     let present = vec![vec![true; 25]; 2];
@@ -534,6 +534,15 @@ fn check_history_equals_reevaluation(method: Method, seed: u64) -> Result<usize,
     let traces = match method {
         Method::Exact => exact_backselect(&eval, &input, Objective::LogOdds, 7, None)?,
         Method::Gradient { k } => gradient_backselect(&eval, &input, Objective::LogOdds, k, None)?,
+        Method::Screened { screen } => super::screened::screened_backselect(
+            &eval,
+            &eval,
+            &input,
+            Objective::LogOdds,
+            screen,
+            7,
+            None,
+        )?,
     };
     let mut compared = 0;
     for i in 0..2 {
@@ -573,6 +582,7 @@ fn find_sis_from_history_equals_pop_and_reevaluate() -> Result<(), SisError> {
         Method::Exact,
         Method::Gradient { k: 1 },
         Method::Gradient { k: 4 },
+        Method::Screened { screen: 5 },
     ] {
         let mut compared = 0;
         for seed in 1..5 {
@@ -594,7 +604,7 @@ fn check_every_sis_sufficient(
 ) -> Result<(), TestCaseError> {
     let model = ConvNet::new(seed, classes, 5);
     let source = random_source(seed, 3, [3, 5, 5]);
-    let eval = Evaluator::new(&model, false);
+    let eval = Evaluator::new(&model);
     let (x, _) = crate::data::batch(&source, &[0, 1, 2], Device::Cpu).unwrap();
     let (_, confidence) = eval.predict(&x, &[0, 1, 2]).unwrap();
     // Thresholds relative to the least confident image so every image has SISes.
@@ -1018,7 +1028,7 @@ fn gradient_backselect_runs_the_same_inside_no_grad() -> Result<(), SisError> {
     // must still be recorded.
     let model = ConvNet::new(3, 3, 5);
     let source = random_source(3, 2, [3, 5, 5]);
-    let eval = Evaluator::new(&model, false);
+    let eval = Evaluator::new(&model);
     let (x, _) = crate::data::batch(&source, &[0, 1], Device::Cpu)?;
     let (predicted, _) = eval.predict(&x, &[0, 1])?;
     let present = vec![vec![true; 25]; 2];

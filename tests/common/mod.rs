@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod fmnist14;
 pub mod planted;
 pub mod slurm;
 

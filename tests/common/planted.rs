@@ -82,7 +82,6 @@ batch_size = 32
 candidate_batch = 256
 seed = 0
 collection = false
-autocast = false
 {extra}"#,
         data = data.display(),
         out = out.display()
