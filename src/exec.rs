@@ -105,7 +105,18 @@ pub fn leader_setup(
         .and_then(|()| std::fs::write(job_dir.join(JOB_SPEC_FILE), &spec))
         .with_context(|| format!("writing {}", job_dir.join(JOB_SPEC_FILE).display()))?;
     let mut config = LeaderConfig::new(listen, job_dir, spec, range.end);
-    config.shard_size = tuning.shard_size.max(1);
+    // Whole mini-batch groups per shard (see `job::compute`): a group split over two
+    // shards would be computed in both.
+    let batch = job.sis.batch_size.max(1) as u64;
+    config.shard_size = tuning.shard_size.max(1).div_ceil(batch) * batch;
+    if config.shard_size != tuning.shard_size {
+        tracing::info!(
+            asked = tuning.shard_size,
+            shard_size = config.shard_size,
+            batch,
+            "shard size rounded up to whole mini-batches"
+        );
+    }
     config.lease = Duration::from_secs(tuning.lease_secs.max(1));
     config.quarantine_after = tuning.quarantine_after.max(1);
     config.failure_grace = Duration::from_secs(tuning.failure_grace_secs);
@@ -278,7 +289,10 @@ impl Executor for SisExecutor {
         stop: &AtomicBool,
     ) -> Result<(), ExecError> {
         let (_, job, opened) = self.open(job_spec)?;
-        crate::job::compute(opened, shard_indices, &job.sis, stop, |rec| {
+        let range = job
+            .range(opened.source.len())
+            .map_err(|e| ExecError::msg(format!("{e:#}")))?;
+        crate::job::compute(opened, shard_indices, range, &job.sis, stop, |rec| {
             emit(rec.index, encode_payload(&rec))
         })
         .map_err(|e| ExecError::wrap("computing SIS", e))?;

@@ -230,8 +230,8 @@ impl SisJob {
         tracing::info!(store = %self.out.display(), total = range.end - range.start, todo = todo.len(), "sis job");
         let mut progress = Progress::new("sis", todo.len() as u64);
         let mut done = 0;
-        for chunk in todo.chunks(self.sis.batch_size) {
-            let summary = compute(&opened, chunk, &job.sis, stop, |rec| {
+        for group in mini_batch_groups(&todo, job.sis.batch_size) {
+            let summary = compute(&opened, group, range.clone(), &job.sis, stop, |rec| {
                 // A duplicate (already durable) is skipped: exactly once per index.
                 let _ = writer.append(rec)?;
                 Ok::<_, crate::store::StoreError>(())
@@ -248,26 +248,73 @@ impl SisJob {
     }
 }
 
-/// SIS for `indices` with an opened job, results to `emit`.
+/// SIS for `indices` (ascending) of a job covering `range`, results to `emit` in
+/// index order.
+///
+/// Mini-batches are fixed by image index, not by where a run starts: image `i` is
+/// always computed together with the images of its group `[g·b, (g+1)·b) ∩ range`,
+/// `g = ⌊i / b⌋`, `b = params.batch_size`. Batched float arithmetic can differ in the
+/// last bits with a batch's make-up (a batch of one takes another kernel path in
+/// libtorch), which changes removal orders; so a resumed run, or a shard holding
+/// part of a group, computes the whole group again and emits only `indices`. A
+/// resume thus recomputes, without storing, at most `b − 1` stored images per
+/// partly stored group, and its store is record-identical to an uninterrupted one.
+/// The summary counts emitted images only.
 pub fn compute<E>(
     opened: &Opened,
     indices: &[u64],
+    range: std::ops::Range<u64>,
     params: &SisParams,
     stop: &AtomicBool,
-    emit: impl FnMut(ImageSis) -> Result<(), E>,
+    mut emit: impl FnMut(ImageSis) -> Result<(), E>,
 ) -> Result<sis::SisRunSummary, sis::SisError>
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    sis::run_sis_with(
-        opened.model.as_ref(),
-        opened.reduced.as_deref(),
-        opened.source.as_ref(),
-        indices,
-        params,
-        emit,
-        stop,
-    )
+    let b = params.batch_size.max(1) as u64;
+    let mut summary = sis::SisRunSummary {
+        emitted: 0,
+        stopped: false,
+    };
+    for wanted in mini_batch_groups(indices, params.batch_size) {
+        let g = wanted[0] / b;
+        let (lo, hi) = ((g * b).max(range.start), ((g + 1) * b).min(range.end));
+        let whole: Vec<u64> = if lo <= wanted[0] && wanted[wanted.len() - 1] < hi {
+            (lo..hi).collect()
+        } else {
+            wanted.to_vec() // outside the job's range: nothing to align with
+        };
+        let mut emitted = 0;
+        let run = sis::run_sis_with(
+            opened.model.as_ref(),
+            opened.reduced.as_deref(),
+            opened.source.as_ref(),
+            &whole,
+            params,
+            |rec| {
+                if wanted.contains(&rec.index) {
+                    emitted += 1;
+                    emit(rec)
+                } else {
+                    Ok(())
+                }
+            },
+            stop,
+        )?;
+        summary.emitted += emitted;
+        if run.stopped {
+            summary.stopped = true;
+            break;
+        }
+    }
+    Ok(summary)
+}
+
+/// `indices` (ascending) split into runs that share the mini-batch group
+/// `⌊i / batch_size⌋` (see [`compute`]).
+pub fn mini_batch_groups(indices: &[u64], batch_size: usize) -> impl Iterator<Item = &[u64]> {
+    let b = batch_size.max(1) as u64;
+    indices.chunk_by(move |x, y| x / b == y / b)
 }
 
 /// A content hash of the model files a `--model` spec names (weights and config
