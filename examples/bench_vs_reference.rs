@@ -13,7 +13,7 @@
 //!
 //! Usage (the script passes these): `bench_vs_reference DIR [--device cpu|cuda]
 //! [--threads N] [--rounds N] [--grad-images N] [--exact-images N] [--exact-steps N]
-//! [--coll-images N] [--quick] [--json FILE]`, DIR made by
+//! [--coll-images N] [--screened-full N] [--quick] [--json FILE]`, DIR made by
 //! `scripts/bench_vs_reference_prep.py`.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use overinterp::models::{Classifier, TorchScriptModel};
 use overinterp::sis::engine::BackSelectInput;
 use overinterp::sis::exact::exact_backselect;
 use overinterp::sis::gradient::gradient_backselect;
+use overinterp::sis::screened::{agreement, screened_backselect};
 use overinterp::sis::{
     run_sis, BackSelectTrace, Evaluator, ImageSis, Method, Objective, SisParams,
 };
@@ -48,6 +49,9 @@ struct Settings {
     coll_k: u32,
     /// Images of the gradient k = 1 workload (32 by default: 1,024 steps).
     grad_images: usize,
+    /// Images of the whole-run screened (M = 32) vs exact comparison (0: only the
+    /// first exact steps are compared; a whole exact run is p(p+1)/2 forwards).
+    screened_full: usize,
     json: PathBuf,
 }
 
@@ -68,6 +72,7 @@ fn settings() -> anyhow::Result<Settings> {
         coll_images: 8,
         coll_k: 32,
         grad_images: 32,
+        screened_full: 0,
     };
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -85,6 +90,7 @@ fn settings() -> anyhow::Result<Settings> {
             "--grad-images" => s.grad_images = value()?.parse().context("--grad-images")?,
             "--exact-images" => s.exact_images = value()?.parse().context("--exact-images")?,
             "--exact-steps" => s.exact_steps = value()?.parse().context("--exact-steps")?,
+            "--screened-full" => s.screened_full = value()?.parse().context("--screened-full")?,
             "--coll-images" => s.coll_images = value()?.parse().context("--coll-images")?,
             "--quick" => {
                 s.grad_images = 4;
@@ -185,6 +191,15 @@ fn ours_backselect(
         Method::Gradient { k } => {
             gradient_backselect(eval, &input, Objective::LogOdds, k, max_steps)?
         }
+        Method::Screened { screen } => screened_backselect(
+            eval,
+            eval,
+            &input,
+            Objective::LogOdds,
+            screen,
+            candidate_batch,
+            max_steps,
+        )?,
     };
     Ok((start.elapsed().as_secs_f64(), traces))
 }
@@ -361,6 +376,74 @@ impl Classifier for Counting {
     }
 }
 
+/// Whole runs of exact and screened (M = 32) BackSelect with SIS at τ = 0.9 on the
+/// first `s.screened_full` images: speed, same-choice steps, 5 % Jaccard, images
+/// whose SIS reached τ.
+fn screened_full(
+    s: &Settings,
+    model: &dyn Classifier,
+    source: &dyn ImageSource,
+    candidate_batch: usize,
+    figures: &mut serde_json::Map<String, Value>,
+    report: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let indices: Vec<u64> = (0..s.screened_full as u64).collect();
+    let run = |method| -> anyhow::Result<(f64, Vec<ImageSis>)> {
+        let params = SisParams {
+            method,
+            thresholds: vec![0.9],
+            candidate_batch,
+            collection: false,
+            ..SisParams::default()
+        };
+        let mut recs = Vec::new();
+        let start = Instant::now();
+        run_sis(
+            model,
+            source,
+            &indices,
+            &params,
+            |r| {
+                recs.push(r);
+                Ok::<_, std::io::Error>(())
+            },
+            &AtomicBool::new(false),
+        )?;
+        Ok((start.elapsed().as_secs_f64(), recs))
+    };
+    let (t_exact, exact) = run(Method::Exact)?;
+    let (t_sc, screened) = run(Method::Screened { screen: 32 })?;
+    let mut jaccard = 0.0;
+    let (mut same, mut total, mut identical) = (0, 0, 0);
+    for (a, b) in exact.iter().zip(&screened) {
+        let g = agreement(a, b)?;
+        jaccard += g.jaccard_5pct;
+        same += g.steps_same_choice;
+        total += g.steps;
+        identical += g.identical_collections;
+    }
+    let n = exact.len().max(1) as f64;
+    let reached = |recs: &[ImageSis]| recs.iter().filter(|r| r.confidence >= 0.9).count();
+    report.push(row(
+        &format!("screened M=32 vs exact, {} whole images", exact.len()),
+        t_sc,
+        t_exact,
+        "s",
+    ));
+    println!(
+        "\nscreened M=32 vs exact, whole runs on {} images: {:.2}× exact's speed; mean 5% Jaccard {:.3}; \
+         {same} of {total} steps the same choice; {identical} of {} SISes at τ=0.9 identical; images reaching τ=0.9: \
+         {} (exact) and {} (screened)",
+        exact.len(), t_exact / t_sc, jaccard / n, exact.len(), reached(&exact), reached(&screened)
+    );
+    figures.insert("screened_whole".into(), json!({
+        "images": exact.len(), "exact_s": t_exact, "screened_s": t_sc, "speedup": t_exact / t_sc,
+        "mean_jaccard_5pct": jaccard / n, "same_choice_steps": same, "steps": total,
+        "identical_sis": identical, "reached_tau_exact": reached(&exact), "reached_tau_screened": reached(&screened),
+    }));
+    Ok(())
+}
+
 fn row(what: &str, ours: f64, theirs: f64, unit: &str) -> String {
     format!(
         "{what:<46} {ours:>10.2} {theirs:>10.2} {unit:<9} {:>6.2}×",
@@ -388,8 +471,8 @@ fn main() -> anyhow::Result<()> {
     let opt = TorchScriptModel::load(&model_path, s.device, shape)?;
     let mut base = TorchScriptModel::load(&model_path, s.device, shape)?;
     base.set_channels_last(false);
-    let eval = Evaluator::new(&opt, false);
-    let eval_base = Evaluator::new(&base, false);
+    let eval = Evaluator::new(&opt);
+    let eval_base = Evaluator::new(&base);
     let started_load = uptime();
     let mut report = Vec::<String>::new();
     let mut figures = serde_json::Map::new();
@@ -558,6 +641,54 @@ fn main() -> anyhow::Result<()> {
         "unoptimised_steps_per_s": steps_total / t_base, "reference_steps_per_s": steps_total / t_ref,
         "ratio": t_ref / t_ours, "agree_with_reference": ok_ref, "identical_to_unoptimised": same,
     }));
+
+    // --- screened exact (M = 32) against exact: the same first steps -------------------
+    let m = 32u32;
+    let mut t_sc = 0.0;
+    let mut tr_sc = Vec::new();
+    for _ in 0..rounds {
+        let (secs, tr) = ours_backselect(
+            &eval,
+            &e,
+            Method::Screened { screen: m },
+            best,
+            Some(s.exact_steps),
+        )?;
+        t_sc += secs;
+        tr_sc = tr;
+    }
+    let (same_sc, diffs_sc) = agreement_between(&tr_sc, &tr_ours);
+    let p = 1024.0f64;
+    let measured = t_ours / t_sc;
+    // Exact's step t tries p − t candidates: the measured steps are its dearest; a whole
+    // run averages (p + 1) / 2 candidates per step.
+    let mean_measured = p - (s.exact_steps as f64 - 1.0) / 2.0;
+    let projected = measured * ((p + 1.0) / 2.0) / mean_measured;
+    report.push(row(
+        &format!(
+            "screened M={m} vs exact, first {} steps: steps/s",
+            s.exact_steps
+        ),
+        steps_total / t_sc,
+        steps_total / t_ours,
+        "steps/s",
+    ));
+    println!(
+        "\nscreened M={m} vs exact over the same first {} steps of {} images: {measured:.2}× exact's speed (projected over a whole \
+         run, where exact averages (p+1)/2 candidates per step: {projected:.2}×); {same_sc} of {} orders identical to exact's; \
+         first differing steps {:?}",
+        s.exact_steps, e.indices.len(), tr_sc.len(), diffs_sc.iter().filter_map(|d| *d).collect::<Vec<_>>()
+    );
+    figures.insert(
+        "screened_first_steps".into(),
+        json!({
+            "m": m, "steps": s.exact_steps, "images": e.indices.len(), "speedup_measured": measured,
+            "speedup_projected_whole_run": projected, "identical_to_exact": same_sc,
+        }),
+    );
+    if s.screened_full > 0 {
+        screened_full(&s, &opt, source.as_ref(), best, &mut figures, &mut report)?;
+    }
 
     // --- SIS collections at τ = 0.3 and 0.9 ----------------------------------------------
     let taus = [0.3f32, 0.9];
