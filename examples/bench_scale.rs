@@ -191,19 +191,27 @@ fn analyses(store: &Path, out: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let sweep = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
     let s = analysis::analyze_store("synthetic", &reader, &sweep, 0.9, 0.10)?;
-    let gallery = s.gallery.write("synthetic", &Synthetic { n }, out)?;
+    // No model here (synthetic records): the gallery is drawn unverified, (0, 0),
+    // and its caption says so.
+    let gallery = s
+        .gallery
+        .write("synthetic", &Synthetic { n }, out, (0, 0))?;
     let a = Analyses {
         name: "bench-scale".into(),
         dataset: "synthetic/299".into(),
         train_images: 0,
         test_images: n,
+        class_names: (0..CLASSES).map(|c| format!("class {c}")).collect(),
         fraction: 0.10,
         settings: vec![("Records".into(), n.to_string())],
         table1: Vec::new(),
+        corruption: Vec::new(),
+        stability: Vec::new(),
         confidence: Vec::new(),
         sis_size: vec![s.sis_size],
         correct_vs_wrong: vec![s.correct_vs_wrong],
         heatmaps: s.heatmaps,
+        confidence_history: vec![s.confidence_history],
         transfer: None,
         galleries: vec![gallery],
         spec: String::new(),

@@ -95,10 +95,124 @@ fn planted_shortcut_is_found_learned_and_reported() {
         "BS-trained {bs}, random-trained {random}"
     );
 
-    // 3. Every Table 1 cell of report.md is "mean ± std (n)" of the stage outputs
-    //    it came from (the evaluation stages of the original and retrained models),
-    //    recomputed here from their done.json files.
+    // 3. Every Table 1 cell of report.md is recomputed here from the evaluation
+    //    stages' done.json files: one model → accuracy [Wilson 95% interval over the
+    //    test images]; two replicates → mean (min–max). The mask-only control has no
+    //    full-image cell; every row has the agreement with the original model.
     let report = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    let groups = eval_groups(&out);
+    assert_eq!(
+        groups.keys().collect::<Vec<_>>(),
+        [
+            "original",
+            "retrain-cnn-backselect",
+            "retrain-cnn-maskonly",
+            "retrain-cnn-random"
+        ]
+    );
+    let train_on = |g: &str| match g {
+        "original" => "Full",
+        "retrain-cnn-backselect" => "BS 1%",
+        "retrain-cnn-random" => "Random 1%",
+        _ => "Mask of BS 1% (control)",
+    };
+    for (group, evals) in &groups {
+        let proportion = |k: &str, view: &str| -> Vec<(f64, f64)> {
+            evals
+                .iter()
+                .map(|e| {
+                    (
+                        e[view][k].as_f64().unwrap(),
+                        e[view]["images"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let mut cells = Vec::new();
+        if group != "retrain-cnn-maskonly" {
+            cells.push(cell(&proportion("correct", "full")));
+        } else {
+            cells.push("—".to_string());
+        }
+        cells.push(cell(&proportion("correct", "backselect")));
+        cells.push(cell(&proportion("correct", "random")));
+        cells.push(cell(&proportion("agree", "backselect")));
+        let row = format!("| cnn | {} | {} |", train_on(group), cells.join(" | "));
+        assert!(
+            report.contains(&row),
+            "{group}: row {row} is not in report.md:\n{report}"
+        );
+    }
+
+    // 4. Agreement, checked against an independent evaluation: `overinterp eval` of
+    //    the first BS-retrained replicate on the BS test subsets, its predictions
+    //    compared here with the original model's (the SIS targets in the store).
+    let csv = dir.path().join("bs0.csv");
+    let test_store = stage_dir(&out, "sis-cnn-test").join("store");
+    let status = Command::new(env!("CARGO_BIN_EXE_overinterp"))
+        .args(["eval", "--model"])
+        .arg(
+            std::fs::read_dir(out.join("stages"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| {
+                    let n = p.file_name().unwrap().to_string_lossy().to_string();
+                    n.starts_with("retrain-cnn-backselect-0-") && !n.contains("-eval")
+                })
+                .unwrap(),
+        )
+        .arg("--data")
+        .arg(format!("mnist:{}", dir.path().join("data").display()))
+        .arg("--masks")
+        .arg(format!("backselect:{}:0.01", test_store.display()))
+        .arg("--predictions")
+        .arg(&csv)
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let original: std::collections::HashMap<u64, i64> = store
+        .iter()
+        .map(|r| r.unwrap())
+        .map(|r| (r.index, r.predicted))
+        .collect();
+    let agree = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            original[&f[0].parse::<u64>().unwrap()] == f[2].parse::<i64>().unwrap()
+        })
+        .count();
+    let bs0 = json(&stage_dir(&out, "retrain-cnn-backselect-0-eval").join("done.json"));
+    assert_eq!(bs0["backselect"]["agree"].as_u64().unwrap() as usize, agree);
+
+    // 5. The planted pixels' positions alone decide the label, so the mask-only
+    //    control learns it from the BS masks' shape: the findings say the shape
+    //    explains (acc_mask − 1/C) / (acc_BS − 1/C) of the BS accuracy, computed
+    //    here from the table's means.
+    let mask = acc(&row("Mask of BS 1% (control)"), "BS 1% test");
+    assert!(mask > 0.3, "mask-only control reached {mask} (chance 0.1)");
+    let share = (mask - 0.1) / (bs - 0.1);
+    let sentence = format!(
+        "the shape alone explains {:.2}% of the BS accuracy above chance",
+        100.0 * share
+    );
+    assert!(
+        report.contains(&sentence),
+        "no \"{sentence}\" in the findings"
+    );
+
+    // 6. The subsets' stability between two noise seeds is reported.
+    let st = &analyses["stability"][0];
+    assert_eq!(st["jaccard"]["n"], 200);
+    assert!(report.contains("Stability of the backselect subsets"));
+    let _ = dir;
+}
+
+/// The evaluation stages' results by group: `original` and `retrain-cnn-<kind>`.
+fn eval_groups(out: &Path) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
     let mut groups: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
     for stage in std::fs::read_dir(out.join("stages")).unwrap() {
         let stage = stage.unwrap().path();
@@ -116,35 +230,37 @@ fn planted_shortcut_is_found_learned_and_reported() {
             .or_default()
             .push(json(&stage.join("done.json")));
     }
-    assert_eq!(groups.len(), 3, "{:?}", groups.keys());
-    let mut row_cells = 0;
-    for (group, evals) in &groups {
-        let cells: Vec<String> = ["full", "backselect", "random"]
-            .iter()
-            .map(|view| {
-                let xs: Vec<f64> = evals
-                    .iter()
-                    .map(|e| e[view]["top1"].as_f64().unwrap() * 100.0)
-                    .collect();
-                let n = xs.len() as f64;
-                let mean = xs.iter().sum::<f64>() / n;
-                let std = if xs.len() > 1 {
-                    (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-                } else {
-                    0.0
-                };
-                format!("{mean:.2} ± {std:.2} ({})", xs.len())
-            })
-            .collect();
-        let row = format!("| {} |", cells.join(" | "));
-        assert!(
-            report.contains(&row),
-            "{group}: row {row} is not in report.md"
-        );
-        row_cells += cells.len();
+    groups
+}
+
+/// A Table 1 cell from (successes, images) per replicate, computed independently of
+/// the report code: one → `p [lo, hi]` (Wilson score interval, z = 1.959964), two →
+/// `mean (min–max)`, all in percent with two decimals.
+fn cell(xs: &[(f64, f64)]) -> String {
+    let ps: Vec<f64> = xs.iter().map(|(k, n)| k / n).collect();
+    match xs {
+        [(k, n)] => {
+            let (p, z) = (k / n, 1.959964f64);
+            let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+            let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+            format!(
+                "{:.2} [{:.2}, {:.2}]",
+                100.0 * p,
+                100.0 * (centre - half).max(0.0),
+                100.0 * (centre + half).min(1.0)
+            )
+        }
+        [_, _] => {
+            let mean = (ps[0] + ps[1]) / 2.0;
+            format!(
+                "{:.2} ({:.2}–{:.2})",
+                100.0 * mean,
+                100.0 * ps[0].min(ps[1]),
+                100.0 * ps[0].max(ps[1])
+            )
+        }
+        _ => panic!("the spec has 2 replicates"),
     }
-    assert_eq!(row_cells, 9);
-    let _ = dir;
 }
 
 #[test]

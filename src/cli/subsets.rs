@@ -121,9 +121,14 @@ pub fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         Format::CifarBin => {
             export::export_cifar_binary(source.as_ref(), &kept, &indices, &args.out)?
         }
-        Format::Png => {
-            export::export_png_gallery(source.as_ref(), &kept, &indices, args.scale, &args.out)?
-        }
+        Format::Png => export::export_png_gallery(
+            source.as_ref(),
+            &kept,
+            None,
+            &indices,
+            args.scale,
+            &args.out,
+        )?,
     }
     println!(
         "exported {} image(s) ({}) to {}",

@@ -3,15 +3,25 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Mean, standard deviation and count over replicates (std is 0 for one).
+/// Mean, standard deviation, range and count over replicates (std is 0 for one).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     pub mean: f64,
     pub std: f64,
     pub n: usize,
+    /// Smallest and largest value (the report shows the range under 3 replicates).
+    #[serde(default)]
+    pub min: f64,
+    #[serde(default)]
+    pub max: f64,
+    /// For a proportion of one model (`n = 1`): (successes, images), so the report
+    /// shows a Wilson interval over images instead of a zero-width spread.
+    #[serde(default)]
+    pub count: Option<(usize, usize)>,
 }
 
-/// A mean with a 95% confidence interval (normal approximation, `1.96·sd/√n`).
+/// A mean over images with a 95% t interval (`t₀.₉₇₅(n−1)·sd/√n`); with `n < 2`
+/// there is no interval (`lo = hi = mean`) and the report says "too few images".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeanCi {
     pub mean: f64,
@@ -33,13 +43,38 @@ pub struct Table1Row {
     pub eval_on: Vec<(String, Stat)>,
 }
 
-/// Mean confidence of the original model on full test images and on its subsets.
+/// Mean confidence of the original model in the class it predicts on the full
+/// image, on full test images and on its subsets, each with a 95% t interval over
+/// images. The drop is `full − backselect`, in that same class.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConfidenceDrop {
     pub model: String,
-    pub full: f64,
-    pub backselect: f64,
-    pub random: f64,
+    pub full: MeanCi,
+    pub backselect: MeanCi,
+    pub random: MeanCi,
+}
+
+/// Accuracy per corruption and severity of the corrupted test set, for one row
+/// of the Table 1 analog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CorruptionRow {
+    pub model: String,
+    pub train_on: String,
+    /// (`"<corruption>/<severity>"`, accuracy over replicates).
+    pub groups: Vec<(String, Stat)>,
+}
+
+/// How much the backselect `q` subsets of one model move between two BackSelect
+/// runs over the same test images (beyond the paper): mean Jaccard index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stability {
+    pub model: String,
+    /// What is compared, e.g. "gradient BackSelect, noise seed 0 vs. 1".
+    pub comparison: String,
+    /// Mean Jaccard over the images compared, with a 95% t interval.
+    pub jaccard: MeanCi,
+    /// Smallest per-image Jaccard.
+    pub min_jaccard: f64,
 }
 
 /// Mean SIS size (fraction of the image's pixels) against threshold τ (Figure 5).
@@ -95,6 +130,25 @@ pub struct Gallery {
     pub png: String,
     /// The (image index, true label, predicted class) of each row.
     pub rows: Vec<(usize, i64, i64)>,
+    /// SIS re-evaluated with the model before being shown, and how many of them had
+    /// `f(x_S) ≥ τ`; only verified ones are drawn.
+    #[serde(default)]
+    pub checked: usize,
+    #[serde(default)]
+    pub verified: usize,
+}
+
+/// Confidence in the predicted class along BackSelect (Figure S10): points
+/// (fraction of pixels removed, f), from the full image to the fully masked one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfidenceHistory {
+    pub model: String,
+    /// The mean over all test images, step by step.
+    pub mean: Vec<(f64, f64)>,
+    /// (image index, its history) of the first images in store order.
+    pub sample: Vec<(usize, Vec<(f64, f64)>)>,
+    /// Images in the mean.
+    pub images: usize,
 }
 
 /// Everything the report shows.
@@ -106,16 +160,28 @@ pub struct Analyses {
     pub dataset: String,
     pub train_images: usize,
     pub test_images: usize,
+    /// Class names from the data, by class index (`C` = its length).
+    #[serde(default)]
+    pub class_names: Vec<String>,
     /// The subset fraction q (0.05 = 5%).
     pub fraction: f64,
     /// Settings a reader needs to judge the numbers (k, epochs, replicates, ...),
     /// as (name, value) in display order.
     pub settings: Vec<(String, String)>,
     pub table1: Vec<Table1Row>,
+    /// The corrupted set per corruption and severity (CIFAR-10-C), per Table 1 row.
+    #[serde(default)]
+    pub corruption: Vec<CorruptionRow>,
+    /// Stability of the backselect subsets between two BackSelect runs.
+    #[serde(default)]
+    pub stability: Vec<Stability>,
     pub confidence: Vec<ConfidenceDrop>,
     pub sis_size: Vec<SisSizeCurve>,
     pub correct_vs_wrong: Vec<CorrectVsWrong>,
     pub heatmaps: Vec<Heatmap>,
+    /// Confidence along BackSelect per model (Figure S10).
+    #[serde(default)]
+    pub confidence_history: Vec<ConfidenceHistory>,
     pub transfer: Option<TransferMatrix>,
     pub galleries: Vec<Gallery>,
     /// The full pipeline spec (TOML text) that produced this.

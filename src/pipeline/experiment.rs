@@ -8,14 +8,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::analyses::Stability;
 use super::plan::names;
-use super::run::{evaluate_views, load, ViewsEval};
+use super::run::load;
 use super::spec::{ModelSpec, PipelineSpec};
 use super::stages::{self, Stages, SubsetKind};
+use super::views::{evaluate_views, ViewsEval};
 use crate::data::{ImageSource, Split};
 use crate::job::SisJob;
 use crate::train::parallel::GangConfig;
 use crate::train::TrainConfig;
+
+/// Test images BackSelected a second time (another noise seed) for the stability of
+/// the subsets: enough for a tight interval of the mean Jaccard, cheap beside the
+/// whole test split.
+pub const STABILITY_IMAGES: usize = 200;
 
 /// How this process runs the ranks of a training stage.
 #[derive(Clone, Debug)]
@@ -89,7 +96,15 @@ impl<'a> Experiment<'a> {
             );
             let name = names::train(m);
             let (dir, ()) = self.stages.run(&name, &key, |dir| {
-                self.train_stage(dir, &name, arch, m.input_dropout, None, &cfg)
+                self.train_stage(
+                    dir,
+                    &name,
+                    arch,
+                    m.input_dropout,
+                    self.train_set.as_ref(),
+                    None,
+                    &cfg,
+                )
             })?;
             Ok(dir.to_string_lossy().into_owned())
         } else if let Some(path) = &m.torchscript {
@@ -145,6 +160,58 @@ impl<'a> Experiment<'a> {
         Ok(dir.join("store"))
     }
 
+    /// Stage `stability-<name>` (beyond the paper): gradient BackSelect again over the
+    /// first [`STABILITY_IMAGES`] test images with the next noise seed, and the mean
+    /// Jaccard of the two runs' backselect-`q` subsets. `None` for methods without
+    /// noise (exact BackSelect is deterministic).
+    pub fn stability(
+        &self,
+        m: &ModelSpec,
+        model: &str,
+        test_store: &Path,
+    ) -> anyhow::Result<Option<Stability>> {
+        let (mut job, fingerprint) = self.sis_job(model, Split::Test)?;
+        if !matches!(job.sis.method, crate::sis::Method::Gradient { .. }) {
+            return Ok(None);
+        }
+        let other_seed = job.sis.seed.wrapping_add(1);
+        job.sis.seed = other_seed;
+        job.start = Some(0);
+        job.end = Some(STABILITY_IMAGES.min(self.test_set.len()) as u64);
+        let key = (
+            "stability",
+            &job,
+            fingerprint,
+            test_store,
+            self.spec.fraction,
+        );
+        let name = names::stability(m);
+        let base_seed = self.spec.sis.seed;
+        let (_, result) = self.stages.run(&name, &key, |dir| {
+            let job = SisJob {
+                out: dir.join("store"),
+                ..job.clone()
+            };
+            stages::sis_split(&job, self.spec.local_workers)?;
+            let (a, b) = (
+                crate::store::StoreReader::open(test_store)?,
+                crate::store::StoreReader::open(&job.out)?,
+            );
+            let Some((jaccard, min_jaccard)) =
+                super::analysis::stability::mean_jaccard(&a, &b, self.spec.fraction)?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(Stability {
+                model: m.name.clone(),
+                comparison: format!("gradient BackSelect, noise seed {base_seed} vs. {other_seed}"),
+                jaccard,
+                min_jaccard,
+            }))
+        })?;
+        Ok(result)
+    }
+
     /// Prepares the SIS stage for a cluster run: its directory, `key.json` and the
     /// job spec `job.toml` (store `store/`). Returns (job file, store).
     pub fn sis_prepare(
@@ -169,16 +236,23 @@ impl<'a> Experiment<'a> {
     }
 
     /// An evaluation stage: `model_dir` on full, backselect and random test images
-    /// (and the corrupted set).
+    /// (and the corrupted set), with agreement with the original model's predictions
+    /// in `test_store`. `trained_on` is what the model was trained on: the mask-only
+    /// control is evaluated on the constant images of [`crate::subsets::mask_only`].
     pub fn views(
         &self,
         model_dir: &str,
         stage: &str,
         test_store: &Path,
+        trained_on: SubsetKind,
     ) -> anyhow::Result<ViewsEval> {
         let spec = self.spec;
+        let mask_only = trained_on == SubsetKind::MaskOnly;
         let key = (
             "eval",
+            // Version 2: agreement, original-class confidence, corrupted groups.
+            2,
+            mask_only,
             model_dir,
             crate::job::model_fingerprint(model_dir)?,
             test_store,
@@ -196,6 +270,7 @@ impl<'a> Experiment<'a> {
                 spec.fraction,
                 spec.random_seed,
                 self.hw,
+                mask_only,
             )
         })?;
         Ok(v)
@@ -231,11 +306,17 @@ impl<'a> Experiment<'a> {
         let (dir, ()) = self.stages.run(&name, &key, |dir| {
             let masks =
                 stages::subset_masks(kind, spec.fraction, spec.random_seed, train_store, self.hw)?;
+            let constant = crate::subsets::mask_only::MaskOnly::new(self.train_set.as_ref());
+            let train_set: &dyn ImageSource = match kind {
+                SubsetKind::MaskOnly => &constant,
+                _ => self.train_set.as_ref(),
+            };
             self.train_stage(
                 dir,
                 &name,
                 arch,
                 m.input_dropout,
+                train_set,
                 Some(masks.as_ref()),
                 &cfg,
             )
@@ -243,18 +324,20 @@ impl<'a> Experiment<'a> {
         Ok(dir)
     }
 
-    /// The body of a (re)training stage: in this process, as this process's rank of a
-    /// gang, or as a local gang of rank processes.
+    /// The body of a (re)training stage on `train_set` (the spec's, or the mask-only
+    /// control's constant images): in this process, as this process's rank of a
+    /// gang, or as a local gang of rank processes (which rebuild it from the stage).
+    #[allow(clippy::too_many_arguments)]
     fn train_stage(
         &self,
         dir: &Path,
         name: &str,
         arch: &str,
         input_dropout: Option<f64>,
+        train_set: &dyn ImageSource,
         masks: Option<&dyn crate::subsets::MaskSource>,
         cfg: &TrainConfig,
     ) -> anyhow::Result<()> {
-        let train_set = self.train_set.as_ref();
         match &self.ranks {
             Ranks::Member(gang) => stages::train_model(
                 dir,

@@ -28,7 +28,7 @@ use super::analyses::{CorrectVsWrong, Heatmap, SisSizeCurve, Table1Row, Transfer
 /// The font every figure uses, registered once under plotters' "sans-serif".
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static FONT_ONCE: Once = Once::new();
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 
 /// Why a figure could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-fn series_colour(i: usize) -> RGBColor {
+pub(super) fn series_colour(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
@@ -95,7 +95,7 @@ pub fn viridis(t: f64) -> RGBColor {
 
 /// Draws into a white `width × height` RGB canvas and writes it to `path`
 /// as an 8-bit RGB PNG.
-fn render<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<(), FigureError>
+pub(super) fn render<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<(), FigureError>
 where
     F: FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
 {
@@ -138,7 +138,7 @@ fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<(), Fig
     writer.finish().map_err(enc)
 }
 
-fn e2s<E: std::fmt::Display>(e: E) -> String {
+pub(super) fn e2s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
@@ -461,7 +461,18 @@ fn colour_bar(
 /// over all test images, the others over images predicted as each class. All
 /// cells share one colour scale (0 to the largest frequency shown) so they can
 /// be compared.
-pub fn heatmap_grid(heatmaps: &[Heatmap], path: &Path) -> Result<(), FigureError> {
+/// `class_names` name the class columns (by class index; "class i" beyond them).
+pub fn heatmap_grid(
+    heatmaps: &[Heatmap],
+    class_names: &[String],
+    path: &Path,
+) -> Result<(), FigureError> {
+    let class_name = |k: i64| {
+        class_names
+            .get(k as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("class {k}"))
+    };
     for h in heatmaps {
         if h.values.len() != h.height * h.width || h.height == 0 || h.width == 0 {
             return Err(FigureError::Invalid {
@@ -531,7 +542,7 @@ pub fn heatmap_grid(heatmaps: &[Heatmap], path: &Path) -> Result<(), FigureError
                 };
                 let title = match class {
                     None => format!("all (n={})", h.images),
-                    Some(k) => format!("class {k} (n={})", h.images),
+                    Some(k) => format!("{} (n={})", class_name(*k), h.images),
                 };
                 label(
                     root,
@@ -832,7 +843,7 @@ mod tests {
             images: 2,
         };
         let dir = tempfile::tempdir().unwrap();
-        let err = heatmap_grid(&[h], &dir.path().join("h.png")).unwrap_err();
+        let err = heatmap_grid(&[h], &[], &dir.path().join("h.png")).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("cnn-a") && msg.contains("class 3") && msg.contains("15"),

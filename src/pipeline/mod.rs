@@ -7,8 +7,10 @@
 //! - [`gang`]: a training stage as a local data-parallel gang of rank processes.
 //! - [`run`]: the experiment end to end ([`run::run_pipeline`]).
 //! - [`slurm`]: the stages as Slurm jobs with dependencies (`pipeline --slurm`).
+//! - [`views`]: a model on the test views, with agreement and original-class confidence.
 //! - [`analyses`]: Table 1, confidence drop, SIS sizes, heatmaps, transfer — as data.
 //! - [`analysis`]: the maths behind them, in one streaming pass over each store.
+//! - [`history_figure`]: confidence along BackSelect (Figure S10).
 //! - [`report`] and [`figures`]: `report.md`, `report.html` and the PNG figures.
 
 pub mod analyses;
@@ -16,12 +18,14 @@ pub mod analysis;
 pub mod experiment;
 pub mod figures;
 pub mod gang;
+pub mod history_figure;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod slurm;
 pub mod spec;
 pub mod stages;
+pub mod views;
 
 /// A fraction as a percentage without trailing zeros: 0.05 → "5", 0.125 → "12.5".
 pub fn report_pct(fraction: f64) -> String {

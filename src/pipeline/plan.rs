@@ -22,6 +22,9 @@ pub mod names {
     pub fn sis(m: &ModelSpec, split: Split) -> String {
         format!("sis-{}-{split}", m.name)
     }
+    pub fn stability(m: &ModelSpec) -> String {
+        format!("stability-{}", m.name)
+    }
     pub fn eval(m: &ModelSpec) -> String {
         format!("eval-{}", m.name)
     }
@@ -45,6 +48,8 @@ pub enum StageKind {
     Sis(Split),
     /// Evaluate an original model on the test views.
     Eval,
+    /// BackSelect a sample of test images with another noise seed (subset stability).
+    Stability,
     /// Retrain on one kind of subset, one replicate (a gang; replicates form an array).
     Retrain(SubsetKind, usize),
     /// Evaluate a retrained replicate.
@@ -113,7 +118,15 @@ pub fn plan(spec: &PipelineSpec) -> Vec<PlannedStage> {
         );
         let mut eval_deps = deps.clone();
         eval_deps.push(test.clone());
-        push(names::eval(m), StageKind::Eval, Some(m), eval_deps);
+        push(names::eval(m), StageKind::Eval, Some(m), eval_deps.clone());
+        if matches!(spec.sis.method, crate::sis::Method::Gradient { .. }) {
+            push(
+                names::stability(m),
+                StageKind::Stability,
+                Some(m),
+                eval_deps,
+            );
+        }
         if !retrains(m) {
             continue;
         }
@@ -124,7 +137,7 @@ pub fn plan(spec: &PipelineSpec) -> Vec<PlannedStage> {
             Some(m),
             deps,
         );
-        for kind in [SubsetKind::Backselect, SubsetKind::Random] {
+        for kind in SubsetKind::RETRAINED {
             for r in 0..spec.replicates {
                 let retrain = names::retrain(m, kind, r);
                 push(
@@ -189,7 +202,13 @@ pub fn run_stage(exp: &Experiment, stage: &PlannedStage, spec_text: &str) -> any
             let m = model_spec()?;
             let model = exp.model(m)?;
             let test_store = exp.sis_store(m, &model, Split::Test)?;
-            exp.views(&model, &stage.name, &test_store)?;
+            exp.views(&model, &stage.name, &test_store, SubsetKind::Full)?;
+        }
+        StageKind::Stability => {
+            let m = model_spec()?;
+            let model = exp.model(m)?;
+            let test_store = exp.sis_store(m, &model, Split::Test)?;
+            exp.stability(m, &model, &test_store)?;
         }
         StageKind::Retrain(kind, r) | StageKind::RetrainEval(kind, r) => {
             let m = model_spec()?;
@@ -198,7 +217,7 @@ pub fn run_stage(exp: &Experiment, stage: &PlannedStage, spec_text: &str) -> any
             let dir = exp.retrain(m, kind, r, &train_store)?;
             if let StageKind::RetrainEval(..) = stage.kind {
                 let test_store = exp.sis_store(m, &model, Split::Test)?;
-                exp.views(&dir.to_string_lossy(), &stage.name, &test_store)?;
+                exp.views(&dir.to_string_lossy(), &stage.name, &test_store, kind)?;
             }
         }
     }

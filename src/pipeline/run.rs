@@ -2,30 +2,20 @@
 //! every train and test image → subsets → evaluate → retrain on subsets →
 //! evaluate → analyses → report), every stage cached (see [`super::stages`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
 use super::analyses::*;
 use super::analysis::{self, table1::columns};
 use super::experiment::{Experiment, Ranks};
 use super::plan::{names, retrains};
 use super::spec::{ModelSpec, PipelineSpec};
-use super::stages::{self, EvalSummary, Stages, SubsetKind};
+use super::stages::{self, Stages, SubsetKind};
+use super::views::ViewsEval;
 use crate::data::{ImageSource, Split};
 use crate::models;
 use crate::store::StoreReader;
-
-/// Evaluations of one model on the test views (Table 1 columns).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ViewsEval {
-    pub full: EvalSummary,
-    pub backselect: EvalSummary,
-    pub random: EvalSummary,
-    pub corrupted: Option<EvalSummary>,
-}
 
 /// A model of the spec once its stages ran.
 struct Built {
@@ -34,8 +24,11 @@ struct Built {
     model: String,
     test_store: PathBuf,
     original: ViewsEval,
-    /// Evaluations of retrained replicates, by subset kind.
-    retrained: BTreeMap<String, Vec<ViewsEval>>,
+    /// The subsets' stability between two noise seeds (gradient BackSelect).
+    stability: Option<Stability>,
+    /// Evaluations of retrained replicates, by subset kind (label), in
+    /// [`SubsetKind::RETRAINED`] order.
+    retrained: Vec<(String, Vec<ViewsEval>)>,
 }
 
 /// Runs the pipeline and writes the report; returns the report directory.
@@ -73,18 +66,19 @@ pub fn run_experiment(exp: &Experiment, spec_text: &str) -> anyhow::Result<PathB
         } else {
             None
         };
-        let original = exp.views(&model, &names::eval(m), &test_store)?;
+        let original = exp.views(&model, &names::eval(m), &test_store, SubsetKind::Full)?;
+        let stability = exp.stability(m, &model, &test_store)?;
 
-        let mut retrained = BTreeMap::new();
+        let mut retrained = Vec::new();
         if let Some(train_store) = &train_store {
-            for kind in [SubsetKind::Backselect, SubsetKind::Random] {
+            for kind in SubsetKind::RETRAINED {
                 let mut evals = Vec::new();
                 for r in 0..spec.replicates {
                     let dir = exp.retrain(m, kind, r, train_store)?;
                     let name = names::retrain_eval(m, kind, r);
-                    evals.push(exp.views(&dir.to_string_lossy(), &name, &test_store)?);
+                    evals.push(exp.views(&dir.to_string_lossy(), &name, &test_store, kind)?);
                 }
-                retrained.insert(kind.label(q), evals);
+                retrained.push((kind.label(q), evals));
             }
         }
         built.push(Built {
@@ -92,6 +86,7 @@ pub fn run_experiment(exp: &Experiment, spec_text: &str) -> anyhow::Result<PathB
             model,
             test_store,
             original,
+            stability,
             retrained,
         });
     }
@@ -103,10 +98,10 @@ pub fn run_experiment(exp: &Experiment, spec_text: &str) -> anyhow::Result<PathB
         spec,
         spec_text,
         &built,
-        train_set.as_ref(),
-        test_set.as_ref(),
+        (train_set.as_ref(), test_set.as_ref()),
         transfer,
         &report_dir,
+        device,
     )?;
     super::report::write_report(&analyses, &report_dir)?;
     if let Some(study) = &spec.study {
@@ -125,30 +120,6 @@ pub(crate) fn load(
     let mut m = models::load_model(model, device, [c as i64, h as i64, w as i64])?;
     m.freeze();
     Ok(m)
-}
-
-/// Accuracy on full test images, the backselect and random test subsets (the
-/// backselect ones from `test_store`, i.e. the original model's), and the
-/// corrupted test set when given.
-pub(crate) fn evaluate_views(
-    model: &dyn models::Classifier,
-    test: &dyn ImageSource,
-    corrupted: Option<&dyn ImageSource>,
-    test_store: &Path,
-    q: f64,
-    random_seed: u64,
-    hw: (usize, usize),
-) -> anyhow::Result<ViewsEval> {
-    let bs = stages::subset_masks(SubsetKind::Backselect, q, random_seed, test_store, hw)?;
-    let random = stages::subset_masks(SubsetKind::Random, q, random_seed, test_store, hw)?;
-    Ok(ViewsEval {
-        full: stages::evaluate(model, test, None)?.0,
-        backselect: stages::evaluate(model, test, Some(bs.as_ref()))?.0,
-        random: stages::evaluate(model, test, Some(random.as_ref()))?.0,
-        corrupted: corrupted
-            .map(|c| stages::evaluate(model, c, None).map(|r| r.0))
-            .transpose()?,
-    })
 }
 
 /// Section 4.1: every model evaluated on every other model's backselect test subsets.
@@ -197,15 +168,17 @@ fn transfer_matrix(
     }))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The analyses of every built model: Table 1 rows (with agreement, the mask-only
+/// control and the corrupted set per group), confidence drops in the original
+/// class, subset stability, and one streaming pass over each test store.
 fn analyze(
     spec: &PipelineSpec,
     spec_text: &str,
     built: &[Built],
-    train: &dyn ImageSource,
-    test: &dyn ImageSource,
+    (train, test): (&dyn ImageSource, &dyn ImageSource),
     transfer: Option<TransferMatrix>,
     report_dir: &Path,
+    device: tch::Device,
 ) -> anyhow::Result<Analyses> {
     let q = spec.fraction;
     let mut a = Analyses {
@@ -213,44 +186,73 @@ fn analyze(
         dataset: spec.data.clone(),
         train_images: train.len(),
         test_images: test.len(),
+        class_names: analysis::classes::class_names(&spec.data, test.num_classes()),
         fraction: q,
         settings: analysis::settings::settings(spec),
         table1: Vec::new(),
+        corruption: Vec::new(),
+        stability: Vec::new(),
         confidence: Vec::new(),
         sis_size: Vec::new(),
         correct_vs_wrong: Vec::new(),
         heatmaps: Vec::new(),
+        confidence_history: Vec::new(),
         transfer,
         galleries: Vec::new(),
         spec: spec_text.to_string(),
     };
     for b in built {
         let name = &b.spec.name;
-        a.table1.push(Table1Row {
-            model: name.clone(),
-            train_on: "Full".into(),
-            eval_on: columns(&[&b.original], q),
-        });
-        for (kind, evals) in &b.retrained {
+        let rows = std::iter::once(("Full".to_string(), vec![&b.original])).chain(
+            b.retrained
+                .iter()
+                .map(|(kind, evals)| (kind.clone(), evals.iter().collect())),
+        );
+        for (train_on, evals) in rows {
             a.table1.push(Table1Row {
                 model: name.clone(),
-                train_on: kind.clone(),
-                eval_on: columns(&evals.iter().collect::<Vec<_>>(), q),
+                train_on: train_on.clone(),
+                eval_on: columns(&evals, q),
             });
+            let groups = analysis::table1::corrupted_groups(&evals);
+            if !groups.is_empty() {
+                a.corruption.push(CorruptionRow {
+                    model: name.clone(),
+                    train_on,
+                    groups,
+                });
+            }
         }
+        let ci = |e: &super::stages::EvalSummary| {
+            let s = e.original_class_confidence.clone().unwrap_or(Stat {
+                mean: e.mean_confidence,
+                std: 0.0,
+                n: 1,
+                min: e.mean_confidence,
+                max: e.mean_confidence,
+                count: None,
+            });
+            analysis::stats::mean_ci_of(&s)
+        };
         a.confidence.push(ConfidenceDrop {
             model: name.clone(),
-            full: b.original.full.mean_confidence,
-            backselect: b.original.backselect.mean_confidence,
-            random: b.original.random.mean_confidence,
+            full: ci(&b.original.full),
+            backselect: ci(&b.original.backselect),
+            random: ci(&b.original.random),
         });
+        a.stability.extend(b.stability.clone());
         let store = StoreReader::open(&b.test_store)?;
         let s = analysis::analyze_store(name, &store, &spec.sweep, spec.threshold, q)
             .with_context(|| format!("reading {}", b.test_store.display()))?;
         a.sis_size.push(s.sis_size);
         a.correct_vs_wrong.push(s.correct_vs_wrong);
         a.heatmaps.extend(s.heatmaps);
-        a.galleries.push(s.gallery.write(name, test, report_dir)?);
+        a.confidence_history.push(s.confidence_history);
+        let mut picks = s.gallery;
+        let model = load(&b.model, device, test)?;
+        let checked = picks.verify(model.as_ref(), test)?;
+        a.galleries
+            .push(picks.write(name, test, report_dir, checked)?);
     }
     Ok(a)
 }

@@ -281,7 +281,7 @@ pub fn subset_masks(
 ) -> anyhow::Result<Box<dyn MaskSource>> {
     Ok(match kind {
         SubsetKind::Full => anyhow::bail!("full images need no mask"),
-        SubsetKind::Backselect => {
+        SubsetKind::Backselect | SubsetKind::MaskOnly => {
             let reader = crate::store::StoreReader::open(store)?;
             Box::new(StoredSubsets::from_store(
                 &reader,
@@ -298,15 +298,26 @@ pub enum SubsetKind {
     Full,
     Backselect,
     Random,
+    /// The mask-only control: the backselect subsets' keep-masks over constant
+    /// images ([`crate::subsets::mask_only`]), so only the subsets' shape is seen.
+    MaskOnly,
 }
 
 impl SubsetKind {
+    /// The kinds a model is retrained on, in the order the report shows them.
+    pub const RETRAINED: [SubsetKind; 3] = [
+        SubsetKind::Backselect,
+        SubsetKind::Random,
+        SubsetKind::MaskOnly,
+    ];
+
     pub fn label(self, fraction: f64) -> String {
         let pct = format!("{}%", crate::pipeline::report_pct(fraction));
         match self {
             SubsetKind::Full => "Full".into(),
             SubsetKind::Backselect => format!("BS {pct}"),
             SubsetKind::Random => format!("Random {pct}"),
+            SubsetKind::MaskOnly => format!("Mask of BS {pct} (control)"),
         }
     }
 }
@@ -317,6 +328,36 @@ pub struct EvalSummary {
     pub top1: f64,
     pub mean_confidence: f64,
     pub images: usize,
+    /// Images classified correctly (for Wilson intervals over images).
+    #[serde(default)]
+    pub correct: usize,
+    /// Images on which the model predicts the class the original model predicted on
+    /// the full image (the leakage control's agreement); `None` where not measured.
+    #[serde(default)]
+    pub agree: Option<usize>,
+    /// Softmax probability of the original model's full-image class: mean, sd and
+    /// images (the confidence drop is measured in this class, not the masked top one).
+    #[serde(default)]
+    pub original_class_confidence: Option<crate::pipeline::analyses::Stat>,
+}
+
+impl EvalSummary {
+    /// Accuracy and mean confidence of an evaluation report (no agreement).
+    pub fn of_report(report: &eval::EvalReport) -> Self {
+        let correct = report
+            .predictions
+            .iter()
+            .filter(|p| p.predicted == p.label)
+            .count();
+        EvalSummary {
+            top1: report.top1,
+            mean_confidence: report.mean_confidence,
+            images: report.images,
+            correct,
+            agree: None,
+            original_class_confidence: None,
+        }
+    }
 }
 
 pub fn evaluate(
@@ -325,12 +366,5 @@ pub fn evaluate(
     masks: Option<&dyn MaskSource>,
 ) -> anyhow::Result<(EvalSummary, eval::EvalReport)> {
     let report = eval::evaluate(model, source, masks, 256)?;
-    Ok((
-        EvalSummary {
-            top1: report.top1,
-            mean_confidence: report.mean_confidence,
-            images: report.images,
-        },
-        report,
-    ))
+    Ok((EvalSummary::of_report(&report), report))
 }

@@ -113,12 +113,19 @@ pub fn export_cifar_binary(
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// An extra gallery panel's colour for every pixel (row-major) of an image, by
+/// dataset index.
+pub type PixelColours<'a> = dyn Fn(usize) -> Result<Vec<[u8; 3]>, SubsetError> + 'a;
+
 /// A PNG gallery: one row per image with three panels — the original, the SIS
 /// location (kept pixels white on black) and the SIS image (kept pixels in their
-/// colours, the rest at the dataset mean) — each scaled up `scale`× (nearest).
+/// colours, the rest at the dataset mean) — and, with `extra`, a fourth panel of
+/// given colours (the report's removal-order panel, the paper's Figure S9), each
+/// scaled up `scale`× (nearest).
 pub fn export_png_gallery(
     source: &dyn ImageSource,
     kept: &KeptPixels<'_>,
+    extra: Option<&PixelColours<'_>>,
     indices: &[usize],
     scale: usize,
     path: &Path,
@@ -128,7 +135,8 @@ pub fn export_png_gallery(
     let scale = scale.max(1);
     let gap = 2 * scale.max(2);
     let (panel_w, panel_h) = (w * scale, h * scale);
-    let width = 3 * panel_w + 4 * gap;
+    let panels = 3 + usize::from(extra.is_some());
+    let width = panels * panel_w + (panels + 1) * gap;
     let height = indices.len() * (panel_h + gap) + gap;
     let mut rgb = vec![255u8; width * height * 3];
     let mut original = vec![0u8; indices.len() * c * p];
@@ -145,6 +153,20 @@ pub fn export_png_gallery(
         let top = gap + row * (panel_h + gap);
         let orig = &original[row * c * p..(row + 1) * c * p];
         let sis = &masked[row * c * p..(row + 1) * c * p];
+        let extra = match extra {
+            Some(f) => {
+                let colours = f(indices[row])?;
+                if colours.len() != p {
+                    return Err(SubsetError::Invalid(format!(
+                        "image {}: {} panel colours for {p} pixels",
+                        indices[row],
+                        colours.len()
+                    )));
+                }
+                colours
+            }
+            None => Vec::new(),
+        };
         for q in 0..p {
             let location = if masks[row * p + q] == 1 {
                 [255; 3]
@@ -153,6 +175,7 @@ pub fn export_png_gallery(
             };
             for (panel, value) in [colour(orig, q), location, colour(sis, q)]
                 .into_iter()
+                .chain(extra.get(q).copied())
                 .enumerate()
             {
                 let left = gap + panel * (panel_w + gap);

@@ -5,6 +5,7 @@
 
 pub mod export;
 pub mod kept_file;
+pub mod mask_only;
 pub mod npz;
 pub mod random;
 pub mod stability;

@@ -31,6 +31,9 @@ pub enum Selection {
     /// The last `⌈q·p⌉` pixels removed by BackSelect (the paper's "BS" subsets).
     BackselectTop(f64),
     /// The first SIS for threshold τ; images without one (f(x) < τ) keep nothing.
+    /// τ must be one of the store's thresholds: those SIS were re-evaluated with the
+    /// model when they were computed (`f(x_S) ≥ τ` checked), while a SIS derived
+    /// from the history for another τ was never checked, so it is not offered.
     Sis(f32),
 }
 
@@ -73,10 +76,18 @@ pub struct SavedCounts {
 impl StoredSubsets {
     /// The subsets of every image in `store`, derived when asked for.
     pub fn from_store(store: &StoreReader, selection: Selection) -> Result<Self, SubsetError> {
-        if let Selection::BackselectTop(q) = selection {
-            super::check_fraction(q)?;
-        }
         let meta = store.meta();
+        match selection {
+            Selection::BackselectTop(q) => super::check_fraction(q)?,
+            Selection::Sis(tau) if !meta.thresholds.contains(&tau) => {
+                return Err(SubsetError::Invalid(format!(
+                    "store {}: no verified SIS at threshold {tau}; it holds SIS checked with the model (f(x_S) ≥ τ) at {:?} only. Use one of those, or compute SIS at {tau} with `overinterp sis --threshold {tau}`",
+                    store.dir().display(),
+                    meta.thresholds
+                )))
+            }
+            Selection::Sis(_) => {}
+        }
         let what = match selection {
             Selection::BackselectTop(q) => format!("backselect top {q}"),
             Selection::Sis(tau) => format!("SIS at threshold {tau}"),
@@ -105,7 +116,13 @@ impl StoredSubsets {
                     .map_err(store_err)?
                     .map(|rec| match *selection {
                         Selection::BackselectTop(q) => rec.top_fraction(q),
-                        Selection::Sis(tau) => rec.find_sis(tau).unwrap_or_default(),
+                        // The stored, verified collection's first SIS.
+                        Selection::Sis(tau) => rec
+                            .collections
+                            .iter()
+                            .find(|c| c.threshold == tau)
+                            .and_then(|c| c.sis.first().cloned())
+                            .unwrap_or_default(),
                     })
             }
             Kept::File(file) => file.pixels(index)?,
@@ -243,6 +260,15 @@ mod tests {
     /// An exact-BackSelect store (one pixel per step) of `n` 4×5 images whose
     /// removal order is a rotation of the pixel numbers by the image index.
     fn store(dir: &Path, n: u64) -> StoreReader {
+        store_with(dir, n, |_| Vec::new())
+    }
+
+    /// [`store`] with SIS collections (threshold 0.5) by image index.
+    fn store_with(
+        dir: &Path,
+        n: u64,
+        collections: impl Fn(u64) -> Vec<crate::sis::SisCollection>,
+    ) -> StoreReader {
         let meta = StoreMeta {
             format_version: FORMAT_VERSION,
             model: "m".into(),
@@ -276,7 +302,7 @@ mod tests {
                     removal_step: (0..p).map(|q| ((q + index) % p) as u32).collect(),
                     rank_in_block: Vec::new(),
                     confidence_history: vec![0.9; p as usize],
-                    collections: Vec::new(),
+                    collections: collections(index),
                 })
                 .unwrap();
             writer.flush().unwrap();
@@ -291,6 +317,34 @@ mod tests {
             .filter(|q| (q + index) % 20 >= 20 - m)
             .map(|q| q as u32)
             .collect()
+    }
+
+    #[test]
+    fn sis_selection_uses_the_verified_collection_and_refuses_other_thresholds() {
+        let dir = tempfile::tempdir().unwrap();
+        // Image i's stored (verified) SIS at 0.5 is {i, 19}; FindSIS on the flat
+        // history would give another set, so equality shows which one was used.
+        let reader = store_with(&dir.path().join("store"), 3, |i| {
+            vec![crate::sis::SisCollection {
+                threshold: 0.5,
+                sis: vec![vec![i as u32, 19], vec![7]],
+            }]
+        });
+        assert_ne!(
+            reader.get(1).unwrap().unwrap().find_sis(0.5),
+            Some(vec![1, 19])
+        );
+        let subsets = StoredSubsets::from_store(&reader, Selection::Sis(0.5)).unwrap();
+        for i in 0..3u32 {
+            assert_eq!(subsets.pixels(i as usize).unwrap(), vec![i, 19]);
+        }
+        let err = StoredSubsets::from_store(&reader, Selection::Sis(0.7))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no verified SIS at threshold 0.7") && err.contains("[0.5]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,18 +9,24 @@
 //! - [`stats`]: mean ± std over replicates, mean with a 95% interval, streaming.
 //! - [`sis_size`]: SIS size against τ (Figure 5) and for correct vs. wrong (Figure 4).
 //! - [`heatmaps`]: pixel frequency in backselect subsets, overall and per class (Figure 2).
+//! - [`history`]: confidence along BackSelect, sampled images and the mean (Figure S10).
 //! - [`gallery`]: one SIS per predicted class and its PNG (Figure 1).
+//! - [`classes`]: class names from the data files.
+//! - [`stability`]: mean Jaccard of backselect subsets between two runs.
 //! - [`table1`]: the Table 1 analog's columns from evaluation summaries.
 //! - [`settings`]: the settings table a reader needs to judge the numbers.
 
+pub mod classes;
 pub mod gallery;
 pub mod heatmaps;
+pub mod history;
 pub mod settings;
 pub mod sis_size;
+pub mod stability;
 pub mod stats;
 pub mod table1;
 
-use super::analyses::{CorrectVsWrong, Heatmap, SisSizeCurve};
+use super::analyses::{ConfidenceHistory, CorrectVsWrong, Heatmap, SisSizeCurve};
 use crate::sis::ImageSis;
 use crate::store::{StoreError, StoreReader};
 
@@ -31,6 +37,7 @@ pub struct StoreAnalyses {
     pub correct_vs_wrong: CorrectVsWrong,
     pub heatmaps: Vec<Heatmap>,
     pub gallery: gallery::GalleryPicks,
+    pub confidence_history: ConfidenceHistory,
     /// Records read.
     pub images: usize,
 }
@@ -60,6 +67,8 @@ pub fn analyze_records(
     let mut cvw = sis_size::CorrectVsWrongAcc::new(tau);
     let mut heat = heatmaps::HeatmapAcc::new(q);
     let mut picks = gallery::GalleryPicks::new(tau);
+    let mut history = history::HistoryAcc::default();
+    let mut full_confidence = stats::Running::default();
     let mut images = 0;
     for rec in records {
         let rec = rec?;
@@ -67,6 +76,8 @@ pub fn analyze_records(
         cvw.add(&rec);
         heat.add(&rec);
         picks.add(&rec);
+        history.add(&rec);
+        full_confidence.add(rec.confidence as f64);
         images += 1;
     }
     Ok(StoreAnalyses {
@@ -74,6 +85,7 @@ pub fn analyze_records(
         correct_vs_wrong: cvw.finish(model),
         heatmaps: heat.finish(model),
         gallery: picks,
+        confidence_history: history.finish(model, full_confidence.mean()),
         images,
     })
 }

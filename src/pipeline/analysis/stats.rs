@@ -1,5 +1,6 @@
-//! Summary statistics: over replicates ([`stat`]) and over images, streamed
-//! ([`Running`]).
+//! Summary statistics: over replicates ([`stat`]), over images, streamed
+//! ([`Running`]), and the 95% intervals the report shows: Wilson for proportions
+//! over images ([`wilson`]), Student's t for means over images ([`t975`]).
 
 use super::super::analyses::{MeanCi, Stat};
 
@@ -16,6 +17,9 @@ pub fn stat(values: &[f64]) -> Stat {
         mean,
         std: var.sqrt(),
         n,
+        min: values.iter().copied().fold(f64::INFINITY, f64::min),
+        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        count: None,
     }
 }
 
@@ -28,10 +32,16 @@ pub struct Running {
     sum: f64,
     welford_mean: f64,
     m2: f64,
+    min: f64,
+    max: f64,
 }
 
 impl Running {
     pub fn add(&mut self, x: f64) {
+        if self.n == 0 {
+            (self.min, self.max) = (x, x);
+        }
+        (self.min, self.max) = (self.min.min(x), self.max.max(x));
         self.n += 1;
         self.sum += x;
         let delta = x - self.welford_mean;
@@ -58,23 +68,133 @@ impl Running {
             mean: self.mean(),
             std: var.sqrt(),
             n: self.n,
+            min: self.min,
+            max: self.max,
+            count: None,
         }
     }
 
-    /// The mean with a 95% interval (`1.96·sd/√n`); `None` without values.
+    /// The mean with a 95% t interval (see [`mean_ci_of`]); `None` without values.
     pub fn mean_ci(&self) -> Option<MeanCi> {
-        if self.n == 0 {
-            return None;
-        }
-        let s = self.stat();
-        let half = 1.96 * s.std / (s.n as f64).sqrt();
-        Some(MeanCi {
-            mean: s.mean,
-            lo: s.mean - half,
-            hi: s.mean + half,
-            n: s.n,
-        })
+        (self.n > 0).then(|| mean_ci_of(&self.stat()))
     }
+}
+
+/// The mean of `s` (over images) with a 95% t interval (`t₀.₉₇₅(n−1)·sd/√n`).
+/// One value has no interval: `lo = hi = mean` with `n = 1`, which the report
+/// shows as too few images, never as an interval of zero width.
+pub fn mean_ci_of(s: &Stat) -> MeanCi {
+    let half = if s.n < 2 {
+        0.0
+    } else {
+        t975(s.n - 1) * s.std / (s.n as f64).sqrt()
+    };
+    MeanCi {
+        mean: s.mean,
+        lo: s.mean - half,
+        hi: s.mean + half,
+        n: s.n,
+    }
+}
+
+/// The two-sided 95% normal quantile `z = Φ⁻¹(0.975)`.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// Wilson score interval (95%) of a proportion `k / n` over images: unlike the
+/// normal interval it stays inside `[0, 1]` and has width for `k = 0` or `k = n`.
+/// `None` for `n = 0`.
+pub fn wilson(k: usize, n: usize) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let (k, n, z2) = (k as f64, n as f64, Z95 * Z95);
+    let p = k / n;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom (the half-width
+/// factor of a 95% interval of a mean), by bisection on the t CDF.
+pub fn t975(df: usize) -> f64 {
+    assert!(df >= 1, "t quantile needs at least one degree of freedom");
+    // P(T ≤ t) = 1 − I_{df/(df+t²)}(df/2, 1/2) / 2 for t ≥ 0.
+    let upper_tail = |t: f64| 0.5 * inc_beta(df as f64 / 2.0, 0.5, df as f64 / (df as f64 + t * t));
+    let (mut lo, mut hi) = (0.0f64, 1000.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if upper_tail(mid) > 0.025 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Regularized incomplete beta `I_x(a, b)` (continued fraction, Lentz's method).
+fn inc_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x > (a + 1.0) / (a + b + 2.0) {
+        return 1.0 - inc_beta(b, a, 1.0 - x);
+    }
+    let tiny = 1e-300;
+    let (mut c, mut d) = (1.0, 1.0 - (a + b) * x / (a + 1.0));
+    if d.abs() < tiny {
+        d = tiny;
+    }
+    d = 1.0 / d;
+    let mut f = d;
+    for m in 1..500 {
+        let m = m as f64;
+        let num = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        let den = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
+        for num in [num, den] {
+            d = 1.0 + num * d;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = 1.0 + num / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            f *= c * d;
+        }
+    }
+    ln_front.exp() * f / a
+}
+
+/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7, n = 9; relative error below 1e-13).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
 }
 
 #[cfg(test)]
@@ -93,8 +213,55 @@ mod tests {
         assert!((s.mean - 0.2).abs() < 1e-15);
         assert!((s.std - 0.025f64.sqrt()).abs() < 1e-15);
         let ci = r.mean_ci().unwrap();
-        assert!((ci.hi - ci.lo - 2.0 * 1.96 * 0.025f64.sqrt() / 2.0).abs() < 1e-12);
+        // t₀.₉₇₅ with 3 degrees of freedom is 3.182446 (any t table).
+        assert!((ci.hi - ci.lo - 2.0 * 3.182446 * 0.025f64.sqrt() / 2.0).abs() < 1e-5);
         assert!(Running::default().mean_ci().is_none());
         assert_eq!(stat(&xs).n, 4);
+    }
+
+    #[test]
+    fn wilson_intervals_match_newcombe_1998() {
+        // Newcombe, "Two-sided confidence intervals for the single proportion",
+        // Statistics in Medicine 17 (1998), Table II, method 3 (score, no correction).
+        let cases = [
+            (81, 263, 0.2553, 0.3662),
+            (15, 148, 0.0624, 0.1605),
+            (0, 20, 0.0, 0.1611),
+            (1, 29, 0.0061, 0.1718),
+        ];
+        for (k, n, lo, hi) in cases {
+            let (l, h) = wilson(k, n).unwrap();
+            assert!(
+                (l - lo).abs() < 5e-5 && (h - hi).abs() < 5e-5,
+                "{k}/{n}: {l} {h}"
+            );
+        }
+        assert!(wilson(0, 0).is_none());
+    }
+
+    #[test]
+    fn t_quantiles_match_the_table() {
+        // Two-sided 95% critical values of Student's t (e.g. NIST/SEMATECH
+        // e-Handbook, Table 1.3.6.7.2).
+        for (df, t) in [
+            (1, 12.706),
+            (2, 4.303),
+            (3, 3.182),
+            (5, 2.571),
+            (10, 2.228),
+            (30, 2.042),
+            (100, 1.984),
+        ] {
+            assert!((t975(df) - t).abs() < 6e-4, "df {df}: {}", t975(df));
+        }
+        assert!((t975(100_000) - Z95).abs() < 1e-4);
+    }
+
+    #[test]
+    fn one_image_has_no_interval() {
+        let mut r = Running::default();
+        r.add(0.3);
+        let ci = r.mean_ci().unwrap();
+        assert_eq!((ci.n, ci.lo, ci.hi), (1, 0.3, 0.3));
     }
 }

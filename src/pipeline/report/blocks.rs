@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::super::analyses::{Analyses, MeanCi};
 use super::prose::findings;
-use super::{fmt_ci, fmt_stat, pct};
+use super::{fmt_ci, fmt_ratio, fmt_stat, pct};
 
 /// One piece of the report, rendered to Markdown or HTML.
 #[derive(Clone, Debug)]
@@ -37,8 +37,8 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
         format!("Overinterpretation report: {}", a.name),
     ));
     b.push(Block::Paragraph(format!(
-        "Dataset {} ({} training images, {} test images); subset fraction {}% of pixels. Accuracies, confidences and SIS sizes are percentages with two decimals; ± is one standard deviation over replicates, (n) the number of replicates or images.",
-        a.dataset, a.train_images, a.test_images, q
+        "Dataset {} ({} training images, {} test images, {} classes); subset fraction {}% of pixels. Accuracies, confidences and SIS sizes are percentages with two decimals; intervals in brackets are 95% intervals (Wilson for an accuracy or proportion of one model over the test images, Student t for a mean over images); ± is one standard deviation over 3 or more replicate models, a range in parentheses spans 2 replicates, (n) counts replicates or images.",
+        a.dataset, a.train_images, a.test_images, a.class_names.len(), q
     )));
     b.push(Block::Heading(2, "Findings".into()));
     b.push(Block::Paragraph(findings(a)));
@@ -58,7 +58,8 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
             "Accuracy by training and evaluation data (Table 1 analog)".into(),
         ));
         b.push(Block::Paragraph(format!(
-            "Test accuracy (%) as mean ± std (number of replicate models). \"BS\" subsets keep the {q}% of pixels that backward selection on the original model kept; \"Random\" subsets keep {q}% of pixels chosen at random; all other pixels are masked."
+            "Test accuracy (%) on the {n} test images. For the model trained on full images (one model): accuracy [95% Wilson interval]; for models retrained on subsets: mean (min–max) over 2 replicates, mean ± std (replicates) over 3 or more. \"BS\" subsets keep the {q}% of pixels that backward selection on the original model kept; \"Random\" subsets keep {q}% of pixels chosen at random; all other pixels are masked (0 after normalization). \"Agreement\" is the share of BS test subsets on which a model predicts the class the original model predicted on the full image (not the label): a model that learned the original model's decisions agrees even where both are wrong. The mask-only control (beyond the paper) is retrained on the BS subsets' keep-masks alone — every kept pixel set to one constant (about +1 after normalization in every channel), every other pixel 0 — and evaluated on the test subsets' masks the same way: its accuracy is what the subsets' shape alone tells, without any pixel value.",
+            n = a.test_images
         )));
         let mut header = vec!["Model".to_string(), "Trained on".to_string()];
         header.extend(evals.iter().map(|e| format!("Evaluated on {e}")));
@@ -79,10 +80,15 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
         b.push(Block::Table { header, rows });
     }
 
+    if !a.corruption.is_empty() {
+        corruption_blocks(&mut b, a);
+    }
+    stability_blocks(&mut b, a, &q);
+
     if !a.confidence.is_empty() {
         b.push(Block::Heading(2, "Confidence of the original model".into()));
         b.push(Block::Paragraph(
-            "Mean confidence (%) of the model trained on full images in its predicted class, on full test images and on their subsets. The drop is full − BS.".into(),
+            "Mean confidence (%) of the model trained on full images in the class it predicts on the full image (also where a masked image's top class differs), on full test images and on their subsets, with 95% t intervals over the images (n). The drop is full − BS.".into(),
         ));
         b.push(Block::Table {
             header: vec![
@@ -98,10 +104,10 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
                 .map(|c| {
                     vec![
                         c.model.clone(),
-                        pct(c.full),
-                        pct(c.backselect),
-                        pct(c.random),
-                        pct(c.full - c.backselect),
+                        fmt_ci(&c.full),
+                        fmt_ci(&c.backselect),
+                        fmt_ci(&c.random),
+                        pct(c.full.mean - c.backselect.mean),
                     ]
                 })
                 .collect(),
@@ -221,19 +227,32 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
     if !a.galleries.is_empty() {
         b.push(Block::Heading(2, "SIS galleries (Figure 1 analog)".into()));
         for g in &a.galleries {
+            let name = |c: i64| {
+                a.class_names
+                    .get(c as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {c}"))
+            };
             let rows: Vec<String> = g
                 .rows
                 .iter()
-                .map(|(i, y, p)| format!("image {i} (label {y}, predicted {p})"))
+                .map(|(i, y, p)| format!("image {i} (label {}, predicted {})", name(*y), name(*p)))
                 .collect();
             b.push(Block::Figure {
                 size: gallery_size(&dir.join(&g.png)),
                 src: g.png.clone(),
                 caption: format!(
-                    "{} at threshold {}: each row shows the original test image, the location of its SIS, and the SIS alone (all other pixels masked), which the model still classifies with confidence ≥ {}. Rows: {}.",
+                    "{} at threshold {}: each row shows the original test image, the location of its SIS, the SIS alone (all other pixels masked), and the order in which backward selection removed the pixels (cf. the paper's Figure S9; viridis scale, dark = removed first, bright = removed last, so the SIS is among the brightest). {} Rows: {}.",
                     g.model,
                     g.threshold,
-                    g.threshold,
+                    if g.checked == 0 {
+                        "These SIS were not re-evaluated with a model before drawing.".to_string()
+                    } else {
+                        format!(
+                            "Each SIS shown was re-evaluated with the model before drawing: {} of {} checked had confidence ≥ {} in the predicted class and are shown.",
+                            g.verified, g.checked, g.threshold
+                        )
+                    },
                     rows.join("; ")
                 ),
             });
@@ -261,6 +280,94 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
         text: a.spec.clone(),
     });
     b
+}
+
+/// The corrupted test set per corruption and severity: one row per group, one
+/// column per row of the Table 1 analog.
+fn corruption_blocks(b: &mut Vec<Block>, a: &Analyses) {
+    b.push(Block::Heading(
+        2,
+        "Accuracy on the corrupted test set by corruption and severity".into(),
+    ));
+    b.push(Block::Paragraph(
+        "Test accuracy (%) of each model (columns: model, trained on) on each corruption at each severity of the corrupted test set, in the Table 1 analog's format.".into(),
+    ));
+    let mut groups: Vec<&String> = a
+        .corruption
+        .iter()
+        .flat_map(|r| r.groups.iter().map(|(g, _)| g))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let mut header = vec!["Corruption/severity".to_string()];
+    header.extend(
+        a.corruption
+            .iter()
+            .map(|r| format!("{}, trained on {}", r.model, r.train_on)),
+    );
+    let rows = groups
+        .iter()
+        .map(|g| {
+            let mut row = vec![g.to_string()];
+            row.extend(a.corruption.iter().map(|r| {
+                r.groups
+                    .iter()
+                    .find(|(n, _)| n == *g)
+                    .map_or("—".into(), |(_, s)| fmt_stat(s))
+            }));
+            row
+        })
+        .collect();
+    b.push(Block::Table { header, rows });
+}
+
+/// The backselect subsets' stability between two BackSelect runs.
+fn stability_blocks(b: &mut Vec<Block>, a: &Analyses, q: &str) {
+    b.push(Block::Heading(
+        2,
+        "Stability of the backselect subsets".into(),
+    ));
+    if a.stability.is_empty() {
+        b.push(Block::Paragraph(
+            "Not measured: this run's BackSelect has no tie-break noise (exact BackSelect is deterministic), and no second method ran over the same images.".into(),
+        ));
+        return;
+    }
+    b.push(Block::Paragraph(format!(
+        "Beyond the paper: the test images (n) were backward-selected a second time with another noise seed, and the {q}% subsets of both runs compared. Jaccard index |A ∩ B| / |A ∪ B| per image: mean [95% t interval] and the smallest. 1 means identical subsets; subsets that move with the seed are chosen by the tie-break noise, not by the model. This run computes one BackSelect method, so exact and gradient BackSelect are not compared here."
+    )));
+    b.push(Block::Table {
+        header: vec![
+            "Model".into(),
+            "Compared".into(),
+            "Mean Jaccard [95% CI] (n)".into(),
+            "Smallest".into(),
+        ],
+        rows: a
+            .stability
+            .iter()
+            .map(|s| {
+                let j = &s.jaccard;
+                let mean = if j.n < 2 {
+                    format!("{} (too few images, n = {})", fmt_ratio(j.mean), j.n)
+                } else {
+                    format!(
+                        "{} [{}, {}] ({})",
+                        fmt_ratio(j.mean),
+                        fmt_ratio(j.lo),
+                        fmt_ratio(j.hi.min(1.0)),
+                        j.n
+                    )
+                };
+                vec![
+                    s.model.clone(),
+                    s.comparison.clone(),
+                    mean,
+                    fmt_ratio(s.min_jaccard),
+                ]
+            })
+            .collect(),
+    });
 }
 
 /// Display size for a gallery PNG: galleries of small images (28×28 panels)

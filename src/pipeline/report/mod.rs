@@ -11,13 +11,17 @@
 //! - accuracies, confidences, SIS sizes and transfer accuracies are fractions
 //!   in `[0, 1]` in the analyses and are shown as percentages with two
 //!   decimals, without the `%` sign in table cells (`0.92518` → `92.52`);
-//! - a replicate statistic is `mean ± std (n)`, both in percent;
-//! - a 95% interval is `mean [lo, hi] (n)`, all in percent;
+//! - a statistic over replicate models is `mean ± std (n)` with 3 or more, `mean
+//!   (min–max)` with 2, and for one model `value [lo, hi]`, its 95% Wilson interval
+//!   over the images (see [`fmt_stat`]);
+//! - a mean over images is `mean [lo, hi] (n)` with a 95% Student t interval, and
+//!   `mean (too few images, n = 1)` under two images;
 //! - thresholds τ are shown as written in the spec (`f32` shortest form);
 //! - counts are integers.
 //!
-//! The one derived column, the confidence drop, is `full − backselect`
-//! computed before rounding.
+//! The derived numbers — the confidence drop `full − backselect` (in the class the
+//! original model predicts on the full image) and the share of BS accuracy the mask
+//! shape explains, `(acc_mask − 1/C) / (acc_BS − 1/C)` — are computed before rounding.
 //!
 //! Both documents are rendered from one list of [`blocks::Block`]s so they cannot
 //! disagree.
@@ -83,14 +87,37 @@ pub fn pct(x: f64) -> String {
     }
 }
 
-/// `mean ± std (n)` in percent.
-pub fn fmt_stat(s: &Stat) -> String {
-    format!("{} ± {} ({})", pct(s.mean), pct(s.std), s.n)
+/// A ratio in `[0, 1]` such as a Jaccard index, with three decimals.
+pub fn fmt_ratio(x: f64) -> String {
+    format!("{x:.3}")
 }
 
-/// `mean [lo, hi] (n)` in percent.
+/// A statistic over replicate models, in percent: with 3 or more replicates
+/// `mean ± std (n)`; with 2, `mean (min–max)`: a std of two values says little; with
+/// one, the value and its 95% Wilson interval over the images it was measured on,
+/// `value [lo, hi]`; `—` without any.
+pub fn fmt_stat(s: &Stat) -> String {
+    match s.n {
+        0 => "—".into(),
+        1 => match s
+            .count
+            .and_then(|(k, n)| super::analysis::stats::wilson(k, n))
+        {
+            Some((lo, hi)) => format!("{} [{}, {}]", pct(s.mean), pct(lo), pct(hi)),
+            None => pct(s.mean),
+        },
+        2 => format!("{} ({}–{})", pct(s.mean), pct(s.min), pct(s.max)),
+        n => format!("{} ± {} ({n})", pct(s.mean), pct(s.std),),
+    }
+}
+
+/// `mean [lo, hi] (n)` in percent; under 2 images `mean (too few images, n = 1)`.
 pub fn fmt_ci(m: &MeanCi) -> String {
-    format!("{} [{}, {}] ({})", pct(m.mean), pct(m.lo), pct(m.hi), m.n)
+    if m.n < 2 {
+        format!("{} (too few images, n = {})", pct(m.mean), m.n)
+    } else {
+        format!("{} [{}, {}] ({})", pct(m.mean), pct(m.lo), pct(m.hi), m.n)
+    }
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
@@ -130,9 +157,23 @@ pub fn write_report(analyses: &Analyses, dir: &Path) -> Result<ReportFiles, Repo
     if !analyses.table1.is_empty() {
         let p = add(
             "accuracy.png",
-            format!("Test accuracy of each model by the data it was trained on (groups) and evaluated on (bars): full images, backward-selection (BS) {q}% subsets and random {q}% subsets. Error bars: ±1 standard deviation over replicate models (none for a single replicate). Numbers in the Table 1 analog above."),
+            format!("Test accuracy of each model by the data it was trained on (groups) and evaluated on (bars): full images, backward-selection (BS) {q}% subsets and random {q}% subsets; the mask-only control group saw only the shape of the BS subsets (no full-image bar). Error bars: ±1 standard deviation over replicate models (none for a single replicate). Numbers, with intervals and ranges, in the Table 1 analog above."),
         );
-        figures::table1_bars(&analyses.table1, &p)?;
+        // Agreement is not an accuracy: the bars show accuracies only.
+        let accuracy: Vec<_> = analyses
+            .table1
+            .iter()
+            .map(|r| super::analyses::Table1Row {
+                eval_on: r
+                    .eval_on
+                    .iter()
+                    .filter(|(e, _)| !e.starts_with("Agreement"))
+                    .cloned()
+                    .collect(),
+                ..r.clone()
+            })
+            .collect();
+        figures::table1_bars(&accuracy, &p)?;
     }
     if !analyses.sis_size.is_empty() {
         let p = add(
@@ -153,7 +194,14 @@ pub fn write_report(analyses: &Analyses, dir: &Path) -> Result<ReportFiles, Repo
             "pixel_heatmaps.png",
             format!("How often each pixel location is among the {q}% kept by backward selection, over all test images (first column) and over test images predicted as each class (n = images). One colour scale for all panels (cf. the paper's Figure 2). Mass on the borders or background, away from the object, is the pathology the paper describes."),
         );
-        figures::heatmap_grid(&analyses.heatmaps, &p)?;
+        figures::heatmap_grid(&analyses.heatmaps, &analyses.class_names, &p)?;
+    }
+    if !analyses.confidence_history.is_empty() {
+        let p = add(
+            "confidence_history.png",
+            "Confidence of the original model in the class it predicts on the full image, as backward selection removes pixels (cf. the paper's Figure S10): the bold line is the mean over all test images at each step, thin lines are single test images (the first in the store). The right end is the fully masked image; a curve that stays high until few pixels are left is a model confident from very few pixels.".into(),
+        );
+        super::history_figure::confidence_history(&analyses.confidence_history, &p)?;
     }
     if let Some(t) = &analyses.transfer {
         let p = add(

@@ -13,12 +13,18 @@ enum Data {
     Full,
     Backselect,
     Random,
+    /// The mask-only control ("Mask of BS 5% (control)").
+    MaskOnly,
     Other,
 }
 
 fn data_kind(name: &str) -> Data {
     let n = name.trim().to_ascii_lowercase();
-    if n.starts_with("full") {
+    if n.starts_with("mask") {
+        Data::MaskOnly
+    } else if n.starts_with("agreement") {
+        Data::Other
+    } else if n.starts_with("full") {
         Data::Full
     } else if n.starts_with("bs") || n.starts_with("backselect") || n.starts_with("backward") {
         Data::Backselect
@@ -56,6 +62,64 @@ pub(super) fn models(a: &Analyses) -> Vec<String> {
         }
     }
     out
+}
+
+/// The leakage control: the agreement of the BS-trained models with the original
+/// model, and how much of their BS accuracy the mask shape alone explains,
+/// `(acc_mask − 1/C) / (acc_BS − 1/C)` with `C` classes.
+fn mask_only_sentence(s: &mut String, a: &Analyses, model: &str, q: &str) {
+    let bs = find_row(a, model, Data::Backselect).and_then(|r| eval_on(r, Data::Backselect));
+    let agreement = find_row(a, model, Data::Backselect).and_then(|r| {
+        r.eval_on
+            .iter()
+            .find(|(e, _)| e.starts_with("Agreement"))
+            .map(|(_, st)| st)
+    });
+    if let Some(g) = agreement {
+        let _ = write!(
+            s,
+            "On the BS {q}% test subsets, the BS-trained models predict the class the original model predicted on the full image for {}% of the images. ",
+            pct(g.mean)
+        );
+    }
+    let mask = find_row(a, model, Data::MaskOnly).and_then(|r| eval_on(r, Data::Backselect));
+    let c = a.class_names.len();
+    let (Some(bs), Some(mask)) = (bs, mask) else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "Trained on the shape of the BS {q}% subsets alone (kept pixels one constant, pixel values gone), a model reaches {}% on the test masks",
+        pct(mask.mean)
+    );
+    if c < 2 {
+        s.push_str(". ");
+        return;
+    }
+    let chance = 1.0 / c as f64;
+    if bs.mean - chance <= 0.0 {
+        let _ = write!(
+            s,
+            " (chance: {}%); BS-trained models do not beat chance, so there is nothing for the mask shape to explain. ",
+            pct(chance)
+        );
+        return;
+    }
+    let share = (mask.mean - chance) / (bs.mean - chance);
+    let verdict = if share >= 0.8 {
+        "so the BS result is mostly mask-shape leakage: where the kept pixels lie already tells the original model's prediction"
+    } else if share >= 0.2 {
+        "so the mask shape carries part of the signal, and pixel values carry the rest"
+    } else {
+        "so the BS subsets' signal is in their pixel values, not in their shape"
+    };
+    let _ = write!(
+        s,
+        " against {}% for BS-trained models (chance with {c} classes: {}%): the shape alone explains {}% of the BS accuracy above chance, {verdict}. ",
+        pct(bs.mean),
+        pct(chance),
+        pct(share)
+    );
 }
 
 /// Gaps (in accuracy, as fractions) that change the wording of the findings.
@@ -124,38 +188,68 @@ pub fn findings(a: &Analyses) -> String {
             }
         }
 
+        mask_only_sentence(&mut s, a, &model, q);
+
         if let Some(c) = a.confidence.iter().find(|c| c.model == model) {
             let orig_bs = full_row.and_then(|r| eval_on(r, Data::Backselect));
             let _ = write!(
                 s,
-                "The original model's mean confidence is {}% on full test images and {}% on its own {q}% backward-selection subsets (all other pixels masked)",
-                pct(c.full),
-                pct(c.backselect)
+                "In the class it predicts on the full image, the original model's mean confidence is {}% on full test images and {}% on its own {q}% backward-selection subsets (all other pixels masked)",
+                pct(c.full.mean),
+                pct(c.backselect.mean)
             );
             if let Some(o) = orig_bs {
                 let _ = write!(s, ", where its accuracy is {}%", pct(o.mean));
             }
-            let drop = c.full - c.backselect;
+            let gone = super::super::report_pct(1.0 - a.fraction);
+            let drop = c.full.mean - c.backselect.mean;
             if drop <= 0.05 {
-                s.push_str(": its confidence barely drops although 95% of the image is gone");
-            } else if c.backselect >= 0.5 {
+                let _ = write!(
+                    s,
+                    ": its confidence barely drops although {gone}% of the pixels are masked"
+                );
+            } else if c.backselect.mean >= 0.5 {
                 s.push_str(": its confidence stays high although most of the image is gone");
             } else {
                 s.push_str(": its confidence drops substantially without the rest of the image");
             }
-            let _ = write!(s, "; on random {q}% subsets it is {}%. ", pct(c.random));
+            let _ = write!(
+                s,
+                "; on random {q}% subsets it is {}%. ",
+                pct(c.random.mean)
+            );
+        }
+
+        if let Some(st) = a.stability.iter().find(|st| st.model == model) {
+            let verdict = if st.jaccard.mean >= 0.9 {
+                "the subsets are chosen by the model, hardly by the tie-break noise"
+            } else if st.jaccard.mean >= 0.5 {
+                "the subsets depend partly on the tie-break noise"
+            } else {
+                "the subsets are largely chosen by the tie-break noise, so single pixels of them mean little"
+            };
+            let _ = write!(
+                s,
+                "Between two noise seeds of gradient BackSelect, its {q}% subsets overlap with a mean Jaccard index of {} over {} test images: {verdict}. ",
+                super::fmt_ratio(st.jaccard.mean),
+                st.jaccard.n
+            );
         }
 
         if let Some(cw) = a.correct_vs_wrong.iter().find(|c| c.model == model) {
             if let (Some(c), Some(w)) = (&cw.correct, &cw.wrong) {
                 let _ = write!(
                     s,
-                    "At threshold {}, correctly classified images need a mean SIS of {}% of the pixels and misclassified ones {}%",
+                    "At threshold {}, correctly classified images need a mean SIS of {}% of the pixels (n = {}) and misclassified ones {}% (n = {})",
                     cw.threshold,
                     pct(c.mean),
-                    pct(w.mean)
+                    c.n,
+                    pct(w.mean),
+                    w.n
                 );
-                if c.lo > w.hi {
+                if c.n < 2 || w.n < 2 {
+                    s.push_str(" (too few images for an interval: no comparison). ");
+                } else if c.lo > w.hi {
                     s.push_str(
                         " (95% intervals do not overlap: larger SIS go with correct predictions, as in the paper's Figure 4). ",
                     );

@@ -8,7 +8,37 @@ use crate::pipeline::analyses::{
 use std::collections::HashMap;
 
 fn stat(mean: f64, std: f64, n: usize) -> Stat {
-    Stat { mean, std, n }
+    Stat {
+        mean,
+        std,
+        n,
+        min: mean - std,
+        max: mean + std,
+        count: None,
+    }
+}
+
+/// One model's accuracy: `k` of `n` test images right.
+fn one(k: usize, n: usize) -> Stat {
+    let mean = k as f64 / n as f64;
+    Stat {
+        mean,
+        std: 0.0,
+        n: 1,
+        min: mean,
+        max: mean,
+        count: Some((k, n)),
+    }
+}
+
+/// A mean over `n` images with a made-up interval of ±`half`.
+fn ci(mean: f64, half: f64, n: usize) -> MeanCi {
+    MeanCi {
+        mean,
+        lo: mean - half,
+        hi: mean + half,
+        n,
+    }
 }
 
 fn evals(cols: &[(&str, Stat)]) -> Vec<(String, Stat)> {
@@ -40,13 +70,13 @@ fn heatmap(model: &str, class: Option<i64>, row: usize, col: usize, base: f32) -
 /// transfer matrix and one gallery.
 fn sample() -> Analyses {
     let mut table1 = Vec::new();
-    for (m, base) in [("small-cnn", 0.0), ("wide-cnn", 0.02)] {
+    for (m, base, right) in [("small-cnn", 0.0, 1775), ("wide-cnn", 0.02, 1815)] {
         table1.push(Table1Row {
             model: m.into(),
             train_on: "Full".into(),
             eval_on: evals(&[
                 ("Full test", stat(0.91234 + base, 0.00456, 3)),
-                ("BS 5% test", stat(0.88765 + base, 0.0, 1)),
+                ("BS 5% test", one(right, 2000)),
                 ("Random 5% test", stat(0.10017, 0.00031, 3)),
             ]),
         });
@@ -66,6 +96,10 @@ fn sample() -> Analyses {
         dataset: "fashion-mnist?limit=10000".into(),
         train_images: 10000,
         test_images: 2000,
+        class_names: crate::data::idx::FASHION_CLASSES
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
         fraction: 0.05,
         settings: vec![
             ("k (pixels removed per step)".into(), "8".into()),
@@ -73,18 +107,20 @@ fn sample() -> Analyses {
             ("replicates".into(), "5".into()),
         ],
         table1,
+        corruption: Vec::new(),
+        stability: Vec::new(),
         confidence: vec![
             ConfidenceDrop {
                 model: "small-cnn".into(),
-                full: 0.93111,
-                backselect: 0.90555,
-                random: 0.31234,
+                full: ci(0.93111, 0.004, 2000),
+                backselect: ci(0.90555, 0.006, 2000),
+                random: ci(0.31234, 0.01, 2000),
             },
             ConfidenceDrop {
                 model: "wide-cnn".into(),
-                full: 0.95,
-                backselect: 0.41,
-                random: 0.2,
+                full: ci(0.95, 0.003, 2000),
+                backselect: ci(0.41, 0.02, 2000),
+                random: ci(0.2, 0.015, 1),
             },
         ],
         sis_size: vec![
@@ -140,6 +176,7 @@ fn sample() -> Analyses {
             heatmap("wide-cnn", Some(1), 25, 0, 0.0),
             heatmap("wide-cnn", Some(2), 5, 5, 0.0),
         ],
+        confidence_history: Vec::new(),
         transfer: Some(TransferMatrix {
             sources: vec!["small-cnn".into(), "wide-cnn".into()],
             evaluators: vec!["small-cnn".into(), "wide-cnn".into()],
@@ -150,6 +187,8 @@ fn sample() -> Analyses {
             threshold: 0.9,
             png: "galleries/small-cnn.png".into(),
             rows: vec![(17, 3, 3), (42, 7, 7)],
+            checked: 3,
+            verified: 2,
         }],
         spec: "name = \"fashion-demo\"\n[dataset]\nspec = \"fashion-mnist?limit=10000\"\n".into(),
     }
@@ -193,6 +232,56 @@ fn assert_pct(cell: &str, x: f64) {
         .unwrap_or_else(|_| panic!("not a number: {cell:?}"));
     assert!((v - 100.0 * x).abs() <= 0.005 + 1e-9, "{cell} shows {x}");
     assert_eq!(cell.split('.').nth(1).map(str::len), Some(2), "{cell}");
+}
+
+/// A replicate statistic as the report's conventions say: `mean ± std (n)` from 3
+/// replicates, `mean (min–max)` with 2, one model's accuracy with its 95% Wilson
+/// interval (computed here from the textbook formula, z = 1.959964).
+fn assert_stat(cell: &str, s: &Stat) {
+    match s.n {
+        1 => {
+            let (k, n) = s.count.expect("one model's accuracy carries its count");
+            let (mean, rest) = cell.split_once(" [").unwrap();
+            let (lo, hi) = rest.trim_end_matches(']').split_once(", ").unwrap();
+            let (p, n, z) = (k as f64 / n as f64, n as f64, 1.959964f64);
+            let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+            let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+            assert_pct(mean, s.mean);
+            assert_pct(lo, centre - half);
+            assert_pct(hi, centre + half);
+        }
+        2 => {
+            let (mean, rest) = cell.split_once(" (").unwrap();
+            let (lo, hi) = rest.trim_end_matches(')').split_once('–').unwrap();
+            assert_pct(mean, s.mean);
+            assert_pct(lo, s.min);
+            assert_pct(hi, s.max);
+        }
+        _ => {
+            let (mean, rest) = cell.split_once(" ± ").unwrap();
+            let (std, n) = rest.split_once(" (").unwrap();
+            assert_pct(mean, s.mean);
+            assert_pct(std, s.std);
+            assert_eq!(n.trim_end_matches(')').parse::<usize>().unwrap(), s.n);
+        }
+    }
+}
+
+/// A mean over images: `mean [lo, hi] (n)`, or `mean (too few images, n = 1)`.
+fn assert_ci(cell: &str, m: &MeanCi) {
+    if m.n < 2 {
+        let (mean, rest) = cell.split_once(" (").unwrap();
+        assert_pct(mean, m.mean);
+        assert_eq!(rest, format!("too few images, n = {})", m.n));
+        return;
+    }
+    let (mean, rest) = cell.split_once(" [").unwrap();
+    let (lo, rest) = rest.split_once(", ").unwrap();
+    let (hi, n) = rest.split_once("] (").unwrap();
+    assert_pct(mean, m.mean);
+    assert_pct(lo, m.lo);
+    assert_pct(hi, m.hi);
+    assert_eq!(n.trim_end_matches(')'), m.n.to_string());
 }
 
 fn table<'a>(t: &'a HashMap<String, Vec<Vec<String>>>, prefix: &str) -> &'a Vec<Vec<String>> {
@@ -318,11 +407,7 @@ fn every_table_number_round_trips_to_the_analyses() {
                 .iter()
                 .position(|h| h == &format!("Evaluated on {e}"))
                 .unwrap();
-            let (mean, rest) = row[j].split_once(" ± ").unwrap();
-            let (std, n) = rest.split_once(" (").unwrap();
-            assert_pct(mean, s.mean);
-            assert_pct(std, s.std);
-            assert_eq!(n.trim_end_matches(')').parse::<usize>().unwrap(), s.n);
+            assert_stat(&row[j], s);
             checked += 1;
         }
         // Columns this row has no number for show a dash, not a number.
@@ -334,10 +419,14 @@ fn every_table_number_round_trips_to_the_analyses() {
     let conf = table(&t, "Confidence");
     for c in &a.confidence {
         let row = conf.iter().find(|r| r[0] == c.model).unwrap();
-        assert_pct(&row[1], c.full);
-        assert_pct(&row[2], c.backselect);
-        assert_pct(&row[3], c.random);
-        assert_pct(&row[4], c.full - c.backselect);
+        for (cell, m) in [
+            (&row[1], &c.full),
+            (&row[2], &c.backselect),
+            (&row[3], &c.random),
+        ] {
+            assert_ci(cell, m);
+        }
+        assert_pct(&row[4], c.full.mean - c.backselect.mean);
     }
 
     let sis = table(&t, "SIS size vs. threshold");
@@ -357,15 +446,7 @@ fn every_table_number_round_trips_to_the_analyses() {
         for (cell, m) in [(&row[2], &c.correct), (&row[3], &c.wrong)] {
             match m {
                 None => assert_eq!(cell, "—"),
-                Some(m) => {
-                    let (mean, rest) = cell.split_once(" [").unwrap();
-                    let (lo, rest) = rest.split_once(", ").unwrap();
-                    let (hi, n) = rest.split_once("] (").unwrap();
-                    assert_pct(mean, m.mean);
-                    assert_pct(lo, m.lo);
-                    assert_pct(hi, m.hi);
-                    assert_eq!(n.trim_end_matches(')'), m.n.to_string());
-                }
+                Some(m) => assert_ci(cell, m),
             }
         }
     }
@@ -399,7 +480,7 @@ fn every_findings_number_is_an_analyses_number() {
         .flat_map(|r| r.eval_on.iter().map(|(_, s)| s.mean))
         .collect();
     for c in &a.confidence {
-        allowed.extend([c.full, c.backselect, c.random]);
+        allowed.extend([c.full.mean, c.backselect.mean, c.random.mean]);
     }
     for c in &a.correct_vs_wrong {
         allowed.extend(c.correct.iter().chain(&c.wrong).map(|m| m.mean));

@@ -57,7 +57,7 @@ pub fn units(plan: &[PlannedStage]) -> Vec<Unit> {
         let (name, kind, array) = match stage.kind {
             StageKind::Train => (stage.name.clone(), JobKind::Train, false),
             StageKind::Sis(_) => (stage.name.clone(), JobKind::Sis, false),
-            StageKind::Eval => (stage.name.clone(), JobKind::Eval, false),
+            StageKind::Eval | StageKind::Stability => (stage.name.clone(), JobKind::Eval, false),
             StageKind::Report => (stage.name.clone(), JobKind::Report, false),
             // retrain-cnn-backselect-1 → retrain-cnn-backselect
             StageKind::Retrain(_, r) => (strip_replicate(&stage.name, r), JobKind::Retrain, true),
