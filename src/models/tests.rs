@@ -272,7 +272,8 @@ fn frozen_native_model_differentiates_the_input_only() -> TestResult {
         g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
         "input gradient: defined {}, |g| sum {:?}",
         g.defined(),
-        g.defined().then(|| g.abs().sum(Kind::Float).double_value(&[])),
+        g.defined()
+            .then(|| g.abs().sum(Kind::Float).double_value(&[])),
     );
     let vs = model.var_store().ok_or("no var store")?;
     for (name, t) in vs.variables() {

@@ -23,7 +23,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::analyses::{CorrectVsWrong, Heatmap, SisSizeCurve, Table1Row, TransferMatrix};
+use super::analyses::{CorrectVsWrong, Heatmap, SisSizeCurve, Stat, Table1Row, TransferMatrix};
 
 /// The font every figure uses, registered once under plotters' "sans-serif".
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -582,8 +582,20 @@ pub fn heatmap_grid(
     })
 }
 
+/// A Table 1 statistic's error bar, as its table cell shows it: ±1 std over 3 or
+/// more replicates, the range over 2, the 95% Wilson interval of one model's
+/// accuracy; `None` where there is nothing to draw.
+fn error_range(s: &Stat) -> Option<(f64, f64)> {
+    let (lo, hi) = match s.n {
+        1 => super::analysis::stats::wilson(s.count?.0, s.count?.1)?,
+        2 => (s.min, s.max),
+        _ => (s.mean - s.std, s.mean + s.std),
+    };
+    (lo.is_finite() && hi.is_finite() && hi > lo).then_some((lo, hi))
+}
+
 /// The Table 1 analog as grouped bars: one group per (model, trained on), one
-/// bar per evaluation set, error bars ±1 std over replicates.
+/// bar per evaluation set, error bars as the report's table ([`error_range`]).
 pub fn table1_bars(rows: &[Table1Row], path: &Path) -> Result<(), FigureError> {
     let mut evals: Vec<&str> = Vec::new();
     for r in rows {
@@ -602,7 +614,7 @@ pub fn table1_bars(rows: &[Table1Row], path: &Path) -> Result<(), FigureError> {
     let ymax = rows
         .iter()
         .flat_map(|r| r.eval_on.iter())
-        .map(|(_, s)| 100.0 * (s.mean + s.std))
+        .map(|(_, s)| 100.0 * error_range(s).map_or(s.mean, |r| r.1))
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max);
     // Leave room above 100% for the legend.
@@ -665,10 +677,9 @@ pub fn table1_bars(rows: &[Table1Row], path: &Path) -> Result<(), FigureError> {
                 if let Some((_, s)) = r.eval_on.iter().find(|(e, _)| e == eval) {
                     let x = i as f64 + offset;
                     let mut top = 100.0 * s.mean;
-                    if s.n > 1 && s.mean.is_finite() && s.std.is_finite() && s.std > 0.0 {
-                        let lo = (100.0 * (s.mean - s.std)).max(0.0);
-                        top = 100.0 * (s.mean + s.std);
-                        error_bar(&mut chart, x, lo, top, 0.3 * bar_w)?;
+                    if let Some((lo, hi)) = error_range(s) {
+                        top = 100.0 * hi;
+                        error_bar(&mut chart, x, (100.0 * lo).max(0.0), top, 0.3 * bar_w)?;
                     }
                     if s.mean.is_finite() {
                         // The value (as in the report's table) above the bar.

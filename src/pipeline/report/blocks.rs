@@ -62,7 +62,14 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
             n = a.test_images
         )));
         let mut header = vec!["Model".to_string(), "Trained on".to_string()];
-        header.extend(evals.iter().map(|e| format!("Evaluated on {e}")));
+        // Agreement is not an evaluation set: its column keeps its own name.
+        header.extend(evals.iter().map(|e| {
+            if e.starts_with("Agreement") {
+                e.to_string()
+            } else {
+                format!("Evaluated on {e}")
+            }
+        }));
         let rows = a
             .table1
             .iter()

@@ -157,7 +157,7 @@ pub fn write_report(analyses: &Analyses, dir: &Path) -> Result<ReportFiles, Repo
     if !analyses.table1.is_empty() {
         let p = add(
             "accuracy.png",
-            format!("Test accuracy of each model by the data it was trained on (groups) and evaluated on (bars): full images, backward-selection (BS) {q}% subsets and random {q}% subsets; the mask-only control group saw only the shape of the BS subsets (no full-image bar). Error bars: ±1 standard deviation over replicate models (none for a single replicate). Numbers, with intervals and ranges, in the Table 1 analog above."),
+            format!("Test accuracy of each model by the data it was trained on (groups) and evaluated on (bars): full images, backward-selection (BS) {q}% subsets and random {q}% subsets; the mask-only control group saw only the shape of the BS subsets (no full-image bar). Error bars as in the Table 1 analog above: the 95% Wilson interval of the one model trained on full images, the range (min–max) over 2 replicate models, ±1 standard deviation over 3 or more."),
         );
         // Agreement is not an accuracy: the bars show accuracies only.
         let accuracy: Vec<_> = analyses
