@@ -248,11 +248,12 @@ impl SisJob {
     }
 }
 
-/// SIS for `indices` (ascending) of a job covering `range`, results to `emit` in
-/// index order.
+/// SIS for `indices` (strictly ascending, inside `range`; anything else is refused)
+/// of a job covering `range`, results to `emit` in index order.
 ///
-/// Mini-batches are fixed by image index, not by where a run starts: image `i` is
-/// always computed together with the images of its group `[g·b, (g+1)·b) ∩ range`,
+/// Mini-batches are fixed by image index, not by where a run starts: for a given
+/// `range`, image `i` is always computed together with the images of its group
+/// `[g·b, (g+1)·b) ∩ range`,
 /// `g = ⌊i / b⌋`, `b = params.batch_size`. Batched float arithmetic can differ in the
 /// last bits with a batch's make-up (a batch of one takes another kernel path in
 /// libtorch), which changes removal orders; so a resumed run, or a shard holding
@@ -271,6 +272,18 @@ pub fn compute<E>(
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if let Some(w) = indices.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(sis::SisError::Params(format!(
+            "image indices must be strictly ascending; got {} before {}",
+            w[0], w[1]
+        )));
+    }
+    if let Some(i) = indices.iter().find(|i| !range.contains(i)) {
+        return Err(sis::SisError::Params(format!(
+            "image {i} is outside the job's images {}..{}",
+            range.start, range.end
+        )));
+    }
     let b = params.batch_size.max(1) as u64;
     let mut summary = sis::SisRunSummary {
         emitted: 0,
@@ -278,12 +291,7 @@ where
     };
     for wanted in mini_batch_groups(indices, params.batch_size) {
         let g = wanted[0] / b;
-        let (lo, hi) = ((g * b).max(range.start), ((g + 1) * b).min(range.end));
-        let whole: Vec<u64> = if lo <= wanted[0] && wanted[wanted.len() - 1] < hi {
-            (lo..hi).collect()
-        } else {
-            wanted.to_vec() // outside the job's range: nothing to align with
-        };
+        let whole: Vec<u64> = ((g * b).max(range.start)..((g + 1) * b).min(range.end)).collect();
         let mut emitted = 0;
         let run = sis::run_sis_with(
             opened.model.as_ref(),

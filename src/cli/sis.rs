@@ -77,8 +77,9 @@ pub struct SisArgs {
     /// precision (exact ranks candidates in it and re-evaluates the best --rerank in
     /// fp32; gradient steps run in it; every SIS is re-checked in fp32). auto picks a
     /// reduced kind only where native (CUDA; CPUs with AVX512-BF16 or AMX) and
-    /// measured faster, else fp32; the store records what was used.
-    #[arg(long, default_value = "auto")]
+    /// measured faster, else fp32; the store records what was used. Default fp32:
+    /// auto is a timing decision and may differ between two runs.
+    #[arg(long, default_value = "fp32")]
     pub precision: Precision,
     /// Candidates re-evaluated in fp32 per exact step in reduced precision.
     #[arg(long, default_value_t = crate::sis::precision::DEFAULT_RERANK)]

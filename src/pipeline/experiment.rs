@@ -176,6 +176,15 @@ impl<'a> Experiment<'a> {
         }
         let other_seed = job.sis.seed.wrapping_add(1);
         job.sis.seed = other_seed;
+        // The precision the test store ran at (`auto` is fixed per SIS stage), so
+        // that only the noise seed differs between the two runs.
+        if let Ok(p) = crate::store::StoreReader::open(test_store)?
+            .meta()
+            .precision
+            .parse()
+        {
+            job.sis.precision = p;
+        }
         job.start = Some(0);
         job.end = Some(STABILITY_IMAGES.min(self.test_set.len()) as u64);
         let key = (

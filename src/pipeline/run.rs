@@ -223,22 +223,21 @@ fn analyze(
                 });
             }
         }
+        // Every evaluation stage of this version records it; a summary without it
+        // would be a top-class confidence, which the report must not show as this.
         let ci = |e: &super::stages::EvalSummary| {
-            let s = e.original_class_confidence.clone().unwrap_or(Stat {
-                mean: e.mean_confidence,
-                std: 0.0,
-                n: 1,
-                min: e.mean_confidence,
-                max: e.mean_confidence,
-                count: None,
-            });
-            analysis::stats::mean_ci_of(&s)
+            e.original_class_confidence
+                .as_ref()
+                .map(analysis::stats::mean_ci_of)
+                .with_context(|| {
+                    format!("model {name}: an evaluation holds no confidence in the original class; rerun its eval stage")
+                })
         };
         a.confidence.push(ConfidenceDrop {
             model: name.clone(),
-            full: ci(&b.original.full),
-            backselect: ci(&b.original.backselect),
-            random: ci(&b.original.random),
+            full: ci(&b.original.full)?,
+            backselect: ci(&b.original.backselect)?,
+            random: ci(&b.original.random)?,
         });
         a.stability.extend(b.stability.clone());
         let store = StoreReader::open(&b.test_store)?;

@@ -6,8 +6,8 @@
 //!
 //! Candidates of all images of a call are pooled into one list and evaluated in
 //! forwards of `candidate_batch` masked images under `no_grad`. A batch is built
-//! with three tensor ops (gather the current images, knock one pixel out of a block
-//! of ones with a scatter, one broadcast multiply); the only per-step host work is
+//! with two tensor ops (gather the current images — one copy — then zero each
+//! candidate's pixel in every channel in place with a scatter); the only per-step host work is
 //! the arg-best over the returned scores and the bookkeeping of which pixels
 //! remain.
 
@@ -117,6 +117,15 @@ pub(crate) fn screened_exact(
         for (j, cand) in cands.iter().enumerate() {
             let n = cand.len();
             if n == 0 {
+                // A screen must offer a candidate wherever pixels remain, or the
+                // loop would never end.
+                if !remaining[j].is_empty() {
+                    return Err(SisError::Params(format!(
+                        "image {}: the screen offered no candidate among {} remaining pixels",
+                        input.images.get(j).copied().unwrap_or_default(),
+                        remaining[j].len()
+                    )));
+                }
                 continue;
             }
             let seg = &f_all[offset..offset + n];
@@ -153,9 +162,9 @@ pub(crate) fn screened_exact(
 /// `f` (fp32 softmax) and, for [`Objective::LogOdds`], `L` (float64) of every
 /// candidate of `cands` (per job, pixels to knock out of its row of `x_cur`
 /// `[J, C, H, W]`), flattened job by job, evaluated in no-grad forwards of
-/// `candidate_batch` masked images. A batch is three tensor ops: gather the
-/// current images, knock one pixel out of a block of ones with a scatter, one
-/// broadcast multiply.
+/// `candidate_batch` masked images. A batch is two tensor ops: gather the
+/// current images (one copy), then zero each candidate's pixel in every channel in
+/// place with a scatter.
 pub(crate) fn score_candidates(
     eval: &Evaluator,
     x_cur: &Tensor,

@@ -39,13 +39,16 @@ pub const AUTO_MIN_SPEEDUP: f64 = 1.2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// The default: results do not depend on which machine measured what.
+    #[default]
     Fp32,
     /// bfloat16 parameters and activations (8-bit mantissa, fp32's range).
     Bf16,
     /// IEEE half (11-bit mantissa, narrow range).
     Fp16,
-    /// Resolved by the job: a reduced kind where native and faster, else fp32.
-    #[default]
+    /// Resolved by the job: a reduced kind where native and faster, else fp32. A
+    /// timing decision: two jobs on one machine may resolve differently, so stores
+    /// meant to be compared should name their precision.
     Auto,
 }
 

@@ -55,16 +55,19 @@ pub struct StoreMeta {
     /// all made with [`Objective::Confidence`].
     #[serde(default = "Objective::legacy")]
     pub objective: Objective,
-    /// Arithmetic of the model's forwards: `fp32`, or `autocast` (libtorch's CUDA
-    /// autocast, fp16; no effect on CPU). Format 1 kept this as `extra.autocast`.
+    /// Arithmetic of the steps that may run in reduced precision: `fp32`, `bf16` or
+    /// `fp16` ([`crate::sis::precision`]). Stores written before `--precision`
+    /// kept `extra.autocast` (libtorch's CUDA autocast); reading moves it here
+    /// (`autocast` when it was on), so such a store still resumes at fp32.
     #[serde(default = "fp32")]
     pub precision: String,
     /// Which build, on which CPU, created the store. A record of provenance only:
     /// not compared when a store is resumed (workers of one job differ in CPU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<Provenance>,
-    /// Any other parameter that changes results (e.g. `precision = bf16`); compared
-    /// like the named fields. Keys are sorted, so the JSON is canonical.
+    /// Any other parameter that changes results (`collection`, and `rerank` in
+    /// reduced precision); compared like the named fields. Keys are sorted, so the
+    /// JSON is canonical.
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
 }
@@ -297,8 +300,11 @@ impl StoreMeta {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        if meta.format_version == 1 && meta.extra.get("autocast").is_some_and(|a| a == "true") {
-            meta.precision = "autocast".into();
+        // Before `--precision`, `extra.autocast` said whether CUDA autocast was on.
+        if let Some(autocast) = meta.extra.remove("autocast") {
+            if autocast == "true" {
+                meta.precision = "autocast".into();
+            }
         }
         Ok(meta)
     }

@@ -974,3 +974,35 @@ print(json.dumps(out))
     }
     Ok(())
 }
+
+/// A store written before `--precision` carried `extra.autocast = "false"` next to
+/// `precision = "fp32"`; today's job (no such key) must resume it, and one with
+/// autocast on must not resume as fp32.
+#[test]
+fn stores_from_before_precision_resume() -> TestResult {
+    for (autocast, resumes) in [("false", true), ("true", false)] {
+        let tmp = tempfile::tempdir()?;
+        let meta = test_meta(4);
+        let mut w = StoreWriter::open(tmp.path(), meta.clone())?;
+        let _ = w.append(record(1, &meta))?;
+        w.flush()?;
+        drop(w);
+        // The meta as the previous release wrote it.
+        let file = tmp.path().join(META_FILE);
+        let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+        old["extra"]["autocast"] = autocast.into();
+        std::fs::write(&file, serde_json::to_vec_pretty(&old)?)?;
+        match StoreWriter::open(tmp.path(), meta.clone()) {
+            Ok(w) => {
+                assert!(resumes, "autocast {autocast}: resumed as fp32");
+                assert_eq!(w.durable_indices(), vec![1]);
+            }
+            Err(e) => assert!(!resumes, "autocast {autocast}: {e}"),
+        }
+        assert_eq!(
+            StoreReader::open(tmp.path())?.meta().precision,
+            if resumes { "fp32" } else { "autocast" }
+        );
+    }
+    Ok(())
+}

@@ -47,6 +47,27 @@ pub fn subset_stability(
     b: &StoreReader,
     q: f64,
 ) -> Result<Option<SubsetStability>, StoreError> {
+    let (mut sum, mut min, mut n) = (0.0, f64::INFINITY, 0usize);
+    for_each_jaccard(a, b, q, |j| {
+        sum += j;
+        min = min.min(j);
+        n += 1;
+    })?;
+    Ok((n > 0).then(|| SubsetStability {
+        mean_jaccard: sum / n as f64,
+        min_jaccard: min,
+        images: n,
+    }))
+}
+
+/// Calls `each` with the Jaccard index of the top-`q` subsets of every image held by
+/// both stores, in `a`'s index order, after checking they are of the same images.
+pub fn for_each_jaccard(
+    a: &StoreReader,
+    b: &StoreReader,
+    q: f64,
+    mut each: impl FnMut(f64),
+) -> Result<(), StoreError> {
     let (ma, mb) = (a.meta(), b.meta());
     if ma.dataset_sha256 != mb.dataset_sha256
         || ma.split != mb.split
@@ -66,24 +87,15 @@ pub fn subset_stability(
             mb.width
         )));
     }
-    let (mut sum, mut min, mut n) = (0.0, f64::INFINITY, 0usize);
     for index in a.indices() {
-        if !b.contains(index) {
-            continue;
+        if b.contains(index) {
+            each(jaccard(
+                &a.top_fraction_pixels(index, q)?,
+                &b.top_fraction_pixels(index, q)?,
+            ));
         }
-        let j = jaccard(
-            &a.top_fraction_pixels(index, q)?,
-            &b.top_fraction_pixels(index, q)?,
-        );
-        sum += j;
-        min = min.min(j);
-        n += 1;
     }
-    Ok((n > 0).then(|| SubsetStability {
-        mean_jaccard: sum / n as f64,
-        min_jaccard: min,
-        images: n,
-    }))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,7 +30,15 @@ impl GalleryPicks {
         if self.rows.contains_key(&rec.predicted) {
             return;
         }
-        if let Some(sis) = rec.find_sis(self.tau) {
+        // The stored collection's first SIS at τ (verified by the engine when it was
+        // computed) where the store has τ; otherwise FindSIS on the history, which
+        // `verify` then checks.
+        let stored = rec
+            .collections
+            .iter()
+            .find(|c| c.threshold == self.tau)
+            .and_then(|c| c.sis.first().cloned());
+        if let Some(sis) = stored.or_else(|| rec.find_sis(self.tau)) {
             self.rows.insert(
                 rec.predicted,
                 (rec.index as usize, rec.label, sis, rec.removal_order()),

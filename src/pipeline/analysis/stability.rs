@@ -5,37 +5,29 @@
 use super::super::analyses::MeanCi;
 use super::stats::Running;
 use crate::store::{StoreError, StoreReader};
-use crate::subsets::stability::jaccard;
+use crate::subsets::stability::for_each_jaccard;
 
 /// Mean Jaccard (95% t interval) and the smallest one over the images both stores
-/// hold; `None` when they share none.
+/// hold; `None` when they share none. The stores must have run at the same
+/// precision: the comparison is meant to vary the noise seed only.
 pub fn mean_jaccard(
     a: &StoreReader,
     b: &StoreReader,
     q: f64,
 ) -> Result<Option<(MeanCi, f64)>, StoreError> {
-    let (ma, mb) = (a.meta(), b.meta());
-    if (&ma.dataset_sha256, &ma.split, ma.height, ma.width)
-        != (&mb.dataset_sha256, &mb.split, mb.height, mb.width)
-    {
+    let (pa, pb) = (&a.meta().precision, &b.meta().precision);
+    if pa != pb {
         return Err(StoreError::InvalidArgument(format!(
-            "stores {} and {} are not of the same images",
+            "stores {} ({pa}) and {} ({pb}) ran at different precisions",
             a.dir().display(),
             b.dir().display()
         )));
     }
     let mut r = Running::default();
     let mut min = f64::INFINITY;
-    for index in b.indices() {
-        if !a.contains(index) {
-            continue;
-        }
-        let j = jaccard(
-            &a.top_fraction_pixels(index, q)?,
-            &b.top_fraction_pixels(index, q)?,
-        );
+    for_each_jaccard(a, b, q, |j| {
         min = min.min(j);
         r.add(j);
-    }
+    })?;
     Ok(r.mean_ci().map(|ci| (ci, min)))
 }

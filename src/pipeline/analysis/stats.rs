@@ -17,8 +17,9 @@ pub fn stat(values: &[f64]) -> Stat {
         mean,
         std: var.sqrt(),
         n,
-        min: values.iter().copied().fold(f64::INFINITY, f64::min),
-        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        // 0 without values: ±∞ would not survive JSON (written as null).
+        min: values.iter().copied().reduce(f64::min).unwrap_or(0.0),
+        max: values.iter().copied().reduce(f64::max).unwrap_or(0.0),
         count: None,
     }
 }

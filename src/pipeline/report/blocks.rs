@@ -336,12 +336,12 @@ fn stability_blocks(b: &mut Vec<Block>, a: &Analyses, q: &str) {
     ));
     if a.stability.is_empty() {
         b.push(Block::Paragraph(
-            "Not measured: this run's BackSelect has no tie-break noise (exact BackSelect is deterministic), and no second method ran over the same images.".into(),
+            "Not measured: only Batched Gradient BackSelect has a tie-break noise seed to vary (exact and screened BackSelect break ties by pixel index), so either this run used another method or no test image had a subset to compare.".into(),
         ));
         return;
     }
     b.push(Block::Paragraph(format!(
-        "Beyond the paper: the test images (n) were backward-selected a second time with another noise seed, and the {q}% subsets of both runs compared. Jaccard index |A ∩ B| / |A ∪ B| per image: mean [95% t interval] and the smallest. 1 means identical subsets; subsets that move with the seed are chosen by the tie-break noise, not by the model. This run computes one BackSelect method, so exact and gradient BackSelect are not compared here."
+        "Beyond the paper: the first test images (n; at most 200) were backward-selected a second time with another noise seed, and the {q}% subsets of both runs compared. Jaccard index |A ∩ B| / |A ∪ B| per image: mean [95% t interval] and the smallest. 1 means identical subsets; subsets that move with the seed are chosen by the tie-break noise, not by the model. This run computes one BackSelect method, so exact and gradient BackSelect are not compared here."
     )));
     b.push(Block::Table {
         header: vec![

@@ -106,6 +106,20 @@ fn mask_only_sentence(s: &mut String, a: &Analyses, model: &str, q: &str) {
         return;
     }
     let share = (mask.mean - chance) / (bs.mean - chance);
+    if !(0.0..=1.0).contains(&share) {
+        let _ = write!(
+            s,
+            " against {}% for BS-trained models (chance with {c} classes: {}%): {}. ",
+            pct(bs.mean),
+            pct(chance),
+            if share > 1.0 {
+                "the mask shape alone does better than the BS subsets themselves, so the BS result is explained by mask-shape leakage"
+            } else {
+                "the mask shape alone does not beat chance, so the BS subsets' signal is in their pixel values"
+            }
+        );
+        return;
+    }
     let verdict = if share >= 0.8 {
         "so the BS result is mostly mask-shape leakage: where the kept pixels lie already tells the original model's prediction"
     } else if share >= 0.2 {
