@@ -44,14 +44,15 @@ fn exact() -> &'static [ImageSis] {
 #[test]
 fn screened_with_m_at_least_p_equals_exact_bit_for_bit() {
     tch::set_num_threads(1);
+    // The same images in the same call as exact: candidates of a call's images are
+    // pooled into batches, and a batch's make-up can change the last bits of `f`.
+    let exact = run(Method::Exact, &IMAGES[..2]);
     // p = 196: M = 196 screens nothing out at the first step, M = 1000 never does.
     for screen in [196u32, 1000] {
         let screened = run(Method::Screened { screen }, &IMAGES[..2]);
-        assert_eq!(screened, exact()[..2], "M = {screen}");
+        assert_eq!(screened, exact, "M = {screen}");
     }
-    assert!(exact()[..2]
-        .iter()
-        .any(|r| !r.collections[0].sis.is_empty()));
+    assert!(exact.iter().any(|r| !r.collections[0].sis.is_empty()));
 }
 
 /// Replays one screened record: per step, (pick surely valid, pick = exact's choice).
