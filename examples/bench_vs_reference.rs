@@ -795,6 +795,9 @@ fn main() -> anyhow::Result<()> {
         ..params.clone()
     };
     let counting = Counting::new(TorchScriptModel::load(&model_path, s.device, shape)?);
+    // (seconds, gradient steps and their images, no-grad forwards and their images,
+    // seconds of the first BackSelect)
+    #[allow(clippy::type_complexity)]
     let profile = |p: &SisParams| -> anyhow::Result<(f64, (u64, u64), (u64, u64), f64)> {
         let (g, n, ns) = (
             Counting::get(&counting.grad),

@@ -140,14 +140,18 @@ impl SisJob {
 
     /// `[C, H, W]` of the job's dataset.
     fn input_shape(&self) -> anyhow::Result<[i64; 3]> {
+        let [c, h, w] = self.open_source()?.shape();
+        Ok([c as i64, h as i64, w as i64])
+    }
+
+    /// The job's dataset split.
+    fn open_source(&self) -> anyhow::Result<Box<dyn data::ImageSource>> {
         let spec: data::DatasetSpec = self
             .data
             .parse()
             .with_context(|| format!("data {}", self.data))?;
-        let source = data::open_dataset(&spec, self.split)
-            .with_context(|| format!("opening {} ({} split)", self.data, self.split))?;
-        let [c, h, w] = source.shape();
-        Ok([c as i64, h as i64, w as i64])
+        data::open_dataset(&spec, self.split)
+            .with_context(|| format!("opening {} ({} split)", self.data, self.split))
     }
 
     /// Opens the dataset and the model (and its reduced-precision copy) and
@@ -161,12 +165,7 @@ impl SisJob {
              `overinterp sis` does so); a worker never chooses it"
         );
         let device = crate::util::parse_device(&self.device).map_err(anyhow::Error::msg)?;
-        let spec: data::DatasetSpec = self
-            .data
-            .parse()
-            .with_context(|| format!("data {}", self.data))?;
-        let source = data::open_dataset(&spec, self.split)
-            .with_context(|| format!("opening {} ({} split)", self.data, self.split))?;
+        let source = self.open_source()?;
         let [c, h, w] = source.shape();
         let mut model = models::load_model(&self.model, device, [c as i64, h as i64, w as i64])
             .with_context(|| format!("loading model {}", self.model))?;

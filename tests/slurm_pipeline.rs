@@ -154,6 +154,28 @@ fn stage_snapshot(out: &Path) -> Vec<(String, std::time::SystemTime)> {
 }
 
 /// report.md without the lines naming the output directory (the spec's text).
+/// What differs between two runs' stores of stage `prefix`: the models' hashes and
+/// the indices whose records differ.
+fn compare_stores(a: &Path, b: &Path, prefix: &str) -> String {
+    let open = |out: &Path| StoreReader::open(stage_dir(out, prefix)?.join("store")).ok();
+    let (Some(x), Some(y)) = (open(a), open(b)) else {
+        return format!("{prefix}: a store is missing");
+    };
+    let differ: Vec<u64> = x
+        .indices()
+        .into_iter()
+        .filter(|&i| x.get(i).ok().flatten() != y.get(i).ok().flatten())
+        .collect();
+    format!(
+        "model sha256 {} vs {}; {} of {} records differ (first: {:?})",
+        x.meta().model_sha256,
+        y.meta().model_sha256,
+        differ.len(),
+        x.len(),
+        &differ[..differ.len().min(10)]
+    )
+}
+
 fn report(out: &Path) -> String {
     let text = std::fs::read_to_string(out.join("report/report.md")).expect("report.md");
     let dir = out.parent().unwrap().to_string_lossy().to_string();
@@ -332,7 +354,8 @@ fn planted_pipeline_on_slurm_equals_embedded_and_resumes_a_cancelled_sis_stage()
     assert_eq!(
         strip(&ours),
         strip(&theirs),
-        "report.md differs from the embedded run's"
+        "report.md differs from the embedded run's; the test stores: {}",
+        compare_stores(&out, &reference, "sis-cnn-test")
     );
     for r in [&ours, &theirs] {
         let row = r

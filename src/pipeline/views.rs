@@ -7,11 +7,11 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::analysis::stats::Running;
 use super::stages::{self, EvalSummary, SubsetKind};
-use crate::data::{self, ImageSource};
+use crate::data::ImageSource;
 use crate::models::Classifier;
 use crate::store::StoreReader;
 use crate::subsets::MaskSource;
@@ -69,19 +69,12 @@ pub fn evaluate_against(
         source.len(),
         source.name()
     );
-    let device = model.device();
     let (mut correct, mut agree) = (0usize, 0usize);
     let (mut top, mut original) = (Running::default(), Running::default());
     let indices: Vec<usize> = (0..source.len()).collect();
     let mut progress = crate::util::Progress::new("evaluate", indices.len() as u64);
     for chunk in indices.chunks(256) {
-        let (mut xs, ys) = data::batch(source, chunk, device)?;
-        if let Some(masks) = masks {
-            xs *= masks.masks(chunk)?.to_device(device);
-        }
-        let probs = tch::no_grad(|| model.forward(&xs, false))?
-            .softmax(-1, Kind::Float)
-            .to_device(tch::Device::Cpu);
+        let (probs, ys) = crate::train::eval::batch_probs(model, source, masks, chunk)?;
         let (conf, pred) = probs.max_dim(-1, false);
         let targets = Tensor::from_slice(&originals[chunk[0]..chunk[0] + chunk.len()]);
         let p_orig = probs.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use super::TrainError;
 use crate::data::{self, ImageSource};
@@ -56,17 +56,10 @@ pub fn evaluate_indices(
     indices: &[usize],
     batch_size: usize,
 ) -> Result<EvalReport, TrainError> {
-    let device = model.device();
     let mut predictions = Vec::with_capacity(indices.len());
     let mut progress = Progress::new("evaluate", indices.len() as u64);
     for chunk in indices.chunks(batch_size.max(1)) {
-        let (mut xs, ys) = data::batch(source, chunk, device)?;
-        if let Some(masks) = masks {
-            xs *= masks.masks(chunk)?.to_device(device);
-        }
-        let probs = tch::no_grad(|| model.forward(&xs, false))?
-            .softmax(-1, Kind::Float)
-            .to_device(tch::Device::Cpu);
+        let (probs, ys) = batch_probs(model, source, masks, chunk)?;
         let k = probs.size()[1].min(5);
         let (conf, pred) = probs.max_dim(-1, false);
         let (_, topk) = probs.topk(k, -1, true, true);
@@ -108,6 +101,25 @@ pub fn summarize(predictions: Vec<Prediction>) -> EvalReport {
         mean_confidence,
         predictions,
     }
+}
+
+/// Softmax probabilities (on the CPU) of `model` on the images `chunk` of `source`,
+/// through `masks` when given, and their labels (on the model's device).
+pub fn batch_probs(
+    model: &dyn Classifier,
+    source: &dyn ImageSource,
+    masks: Option<&dyn MaskSource>,
+    chunk: &[usize],
+) -> Result<(Tensor, Tensor), TrainError> {
+    let device = model.device();
+    let (mut xs, ys) = data::batch(source, chunk, device)?;
+    if let Some(masks) = masks {
+        xs *= masks.masks(chunk)?.to_device(device);
+    }
+    let probs = tch::no_grad(|| model.forward(&xs, false))?
+        .softmax(-1, Kind::Float)
+        .to_device(tch::Device::Cpu);
+    Ok((probs, ys))
 }
 
 /// Splits predictions by a group key (e.g. `"fog/3"` for CIFAR-10-C) and
