@@ -795,8 +795,8 @@ fn main() -> anyhow::Result<()> {
         ..params.clone()
     };
     let counting = Counting::new(TorchScriptModel::load(&model_path, s.device, shape)?);
-    // (seconds, gradient steps and their images, no-grad forwards and their images,
-    // seconds of the first BackSelect)
+    // (seconds, gradient passes and their images, no-grad forwards and their images,
+    // seconds in the no-grad forwards)
     #[allow(clippy::type_complexity)]
     let profile = |p: &SisParams| -> anyhow::Result<(f64, (u64, u64), (u64, u64), f64)> {
         let (g, n, ns) = (
