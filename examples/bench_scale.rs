@@ -210,6 +210,7 @@ fn analyses(store: &Path, out: &Path) -> anyhow::Result<()> {
         confidence: Vec::new(),
         sis_size: vec![s.sis_size],
         correct_vs_wrong: vec![s.correct_vs_wrong],
+        corrupted_correct_vs_wrong: Vec::new(),
         heatmaps: s.heatmaps,
         confidence_history: vec![s.confidence_history],
         transfer: None,

@@ -37,6 +37,27 @@ fn json(path: &Path) -> serde_json::Value {
 fn planted_shortcut_is_found_learned_and_reported() {
     let (dir, _) = fixture();
     let out = dir.path().join("out");
+    // A corrupted test set (the role CIFAR-10-C plays): Table 1's corrupted column
+    // and the SIS size of correct vs. wrong predictions there (Figure S3). The small
+    // model of 2 epochs is rarely 90% confident, so the SIS threshold is 0.3 here.
+    let corrupted = dir.path().join("corrupted");
+    common::planted::write_corrupted_idx(&corrupted, 100, 3);
+    let spec = dir.path().join("spec.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains("\nthreshold = 0.9\n"));
+    std::fs::write(
+        &spec,
+        text.replacen(
+            "local_workers = 2\n",
+            &format!(
+                "local_workers = 2\ncorrupted = \"mnist:{}\"\n",
+                corrupted.display()
+            ),
+            1,
+        )
+        .replacen("\nthreshold = 0.9\n", "\nthreshold = 0.3\n", 1),
+    )
+    .unwrap();
     let status = pipeline(&dir.path().join("spec.toml")).status().unwrap();
     assert!(status.success());
 
@@ -208,7 +229,88 @@ fn planted_shortcut_is_found_learned_and_reported() {
     let st = &analyses["stability"][0];
     assert_eq!(st["jaccard"]["n"], 200);
     assert!(report.contains("Stability of the backselect subsets"));
+
+    // 7. Figure S3: the corrupted set was BackSelected (its own SIS stage), and the
+    //    report's mean SIS sizes of correct and wrong predictions there equal those
+    //    recomputed here from the store's removal steps and confidence history.
+    let store = StoreReader::open(stage_dir(&out, "sis-cnn-corrupted").join("store")).unwrap();
+    assert_eq!(store.len(), 100);
+    let (correct, wrong) = sis_sizes(&store, 0.3);
+    assert!(
+        !correct.is_empty() && !wrong.is_empty(),
+        "the corrupted set has both correct ({}) and wrong ({}) predictions with a SIS; (label, predicted, f): {:?}",
+        correct.len(),
+        wrong.len(),
+        store
+            .iter()
+            .map(|r| r.unwrap())
+            .map(|r| (r.label, r.predicted, r.confidence))
+            .take(20)
+            .collect::<Vec<_>>()
+    );
+    let section = report
+        .split("(Figure S3 analog)")
+        .nth(1)
+        .expect("no Figure S3 section in report.md");
+    let row = section
+        .lines()
+        .find(|l| l.starts_with("| cnn |"))
+        .expect("no cnn row in the Figure S3 table");
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    for (cell, sizes) in [(cells[3], &correct), (cells[4], &wrong)] {
+        let mean = 100.0 * sizes.iter().sum::<f64>() / sizes.len() as f64;
+        assert!(
+            cell.starts_with(&format!("{mean:.2} ["))
+                && cell.ends_with(&format!("({})", sizes.len())),
+            "Figure S3 cell {cell:?}: expected mean {mean:.2} (%) over {} images",
+            sizes.len()
+        );
+    }
+    assert!(out
+        .join("report/figures/sis_size_correct_vs_wrong_corrupted.png")
+        .is_file());
+    // Table 1 has the corrupted column.
+    assert!(
+        report.contains("Corrupted"),
+        "no corrupted column in report.md"
+    );
     let _ = dir;
+}
+
+/// SIS sizes (fractions of the image) at `tau` of the store's correctly and wrongly
+/// predicted images, by FindSIS over blocks written out here: the SIS is the
+/// fewest last-removed steps whose pixels alone keep `f ≥ tau` (`f` with steps
+/// `j..` kept is the history after step `j − 1`, the full image's for `j = 0`;
+/// none kept, `j = steps`, is allowed when the fully masked image keeps it).
+fn sis_sizes(store: &StoreReader, tau: f32) -> (Vec<f64>, Vec<f64>) {
+    let (mut correct, mut wrong) = (Vec::new(), Vec::new());
+    for rec in store.iter() {
+        let rec = rec.unwrap();
+        if rec.confidence < tau {
+            continue;
+        }
+        let steps = rec.confidence_history.len();
+        let f_kept = |j: usize| {
+            if j == 0 {
+                rec.confidence
+            } else {
+                rec.confidence_history[j - 1]
+            }
+        };
+        let j = (0..=steps).rev().find(|&j| f_kept(j) >= tau).unwrap();
+        let size = rec
+            .removal_step
+            .iter()
+            .filter(|&&s| s as usize >= j)
+            .count();
+        let fraction = size as f64 / rec.removal_step.len() as f64;
+        if rec.predicted == rec.label {
+            correct.push(fraction);
+        } else {
+            wrong.push(fraction);
+        }
+    }
+    (correct, wrong)
 }
 
 /// The evaluation stages' results by group: `original` and `retrain-cnn-<kind>`.

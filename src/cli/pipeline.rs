@@ -124,7 +124,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report = run_pipeline(&spec, &text)?;
+    let report = run_pipeline(&spec, &text, args.threads)?;
     println!("report: {}", report.join("report.html").display());
     println!("        {}", report.join("report.md").display());
     Ok(())
@@ -242,7 +242,7 @@ fn run_stage(
     exp.device_override = args.device.clone();
     exp.threads = args.threads;
     if args.prepare_sis {
-        let StageKind::Sis(split) = stage.kind else {
+        let StageKind::Sis(set) = stage.kind else {
             anyhow::bail!("--prepare-sis needs a SIS stage, not {}", stage.name);
         };
         let m = spec
@@ -251,7 +251,7 @@ fn run_stage(
             .find(|m| Some(&m.name) == stage.model.as_ref())
             .context("the SIS stage's model is not in the spec")?;
         let model = exp.model(m)?;
-        let (job, store) = exp.sis_prepare(m, &model, split)?;
+        let (job, store) = exp.sis_prepare(m, &model, set)?;
         println!(
             "{}",
             slurm::jobs::shell_join([job.display().to_string(), store.display().to_string()])

@@ -88,7 +88,8 @@ pub struct SisSizeCurve {
     pub images_with_sis: Vec<usize>,
 }
 
-/// SIS size of correctly vs. wrongly classified test images (Figure 4).
+/// SIS size of correctly vs. wrongly classified test images (Figure 4), or images
+/// of the corrupted set (Figure S3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CorrectVsWrong {
     pub model: String,
@@ -178,6 +179,9 @@ pub struct Analyses {
     pub confidence: Vec<ConfidenceDrop>,
     pub sis_size: Vec<SisSizeCurve>,
     pub correct_vs_wrong: Vec<CorrectVsWrong>,
+    /// The same on the corrupted test set, where configured (Figure S3).
+    #[serde(default)]
+    pub corrupted_correct_vs_wrong: Vec<CorrectVsWrong>,
     pub heatmaps: Vec<Heatmap>,
     /// Confidence along BackSelect per model (Figure S10).
     #[serde(default)]

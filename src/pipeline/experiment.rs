@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::analyses::Stability;
-use super::plan::names;
+use super::plan::{names, SisSet};
 use super::run::load;
 use super::spec::{ModelSpec, PipelineSpec};
 use super::stages::{self, Stages, SubsetKind};
@@ -124,14 +124,22 @@ impl<'a> Experiment<'a> {
         }
     }
 
-    /// The SIS job of a split (its `out` is set by the stage) and the stage's key.
-    pub fn sis_job(&self, model: &str, split: Split) -> anyhow::Result<(SisJob, String)> {
+    /// The SIS job of a split or the corrupted set (its `out` is set by the stage) and
+    /// the model's fingerprint, both part of the stage's key.
+    pub fn sis_job(&self, model: &str, set: SisSet) -> anyhow::Result<(SisJob, String)> {
         let mut params = self.spec.sis.clone();
         params.thresholds = vec![self.spec.threshold];
+        let data =
+            match set {
+                SisSet::Corrupted => self.spec.corrupted.clone().context(
+                    "a SIS stage over the corrupted set, but the spec has no `corrupted`",
+                )?,
+                SisSet::Train | SisSet::Test => self.spec.data.clone(),
+            };
         let job = SisJob {
             model: model.to_string(),
-            data: self.spec.data.clone(),
-            split,
+            data,
+            split: set.split(),
             out: PathBuf::new(),
             device: self.spec.device.clone(),
             start: None,
@@ -142,12 +150,13 @@ impl<'a> Experiment<'a> {
         Ok((job, fingerprint))
     }
 
-    /// Stage `sis-<name>-<split>`: BackSelect over the split on the embedded cluster;
-    /// returns the store. A store that a Slurm SIS job completed is adopted.
-    pub fn sis_store(&self, m: &ModelSpec, model: &str, split: Split) -> anyhow::Result<PathBuf> {
-        let (job, fingerprint) = self.sis_job(model, split)?;
+    /// Stage `sis-<name>-<set>`: BackSelect over a split or the corrupted set on the
+    /// embedded cluster; returns the store. A store that a Slurm SIS job completed is
+    /// adopted.
+    pub fn sis_store(&self, m: &ModelSpec, model: &str, set: SisSet) -> anyhow::Result<PathBuf> {
+        let (job, fingerprint) = self.sis_job(model, set)?;
         let key = ("sis", &job, fingerprint);
-        let name = names::sis(m, split);
+        let name = names::sis(m, set);
         stages::adopt_complete_store(&self.stages.dir(&name, &key))?;
         let (dir, ()) = self.stages.run(&name, &key, |dir| {
             stages::note_other_objectives(&self.stages.root, &name, job.sis.objective);
@@ -170,7 +179,7 @@ impl<'a> Experiment<'a> {
         model: &str,
         test_store: &Path,
     ) -> anyhow::Result<Option<Stability>> {
-        let (mut job, fingerprint) = self.sis_job(model, Split::Test)?;
+        let (mut job, fingerprint) = self.sis_job(model, SisSet::Test)?;
         if !matches!(job.sis.method, crate::sis::Method::Gradient { .. }) {
             return Ok(None);
         }
@@ -227,11 +236,11 @@ impl<'a> Experiment<'a> {
         &self,
         m: &ModelSpec,
         model: &str,
-        split: Split,
+        set: SisSet,
     ) -> anyhow::Result<(PathBuf, PathBuf)> {
-        let (job, fingerprint) = self.sis_job(model, split)?;
+        let (job, fingerprint) = self.sis_job(model, set)?;
         let key = ("sis", &job, fingerprint);
-        let name = names::sis(m, split);
+        let name = names::sis(m, set);
         stages::note_other_objectives(&self.stages.root, &name, job.sis.objective);
         let dir = self.stages.begin(&name, &key)?;
         let job = SisJob {

@@ -280,9 +280,14 @@ fn error_bar<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Figure 4: mean SIS size of correctly and wrongly classified test images per
-/// model, bars with 95% confidence intervals.
-pub fn correct_vs_wrong(rows: &[CorrectVsWrong], path: &Path) -> Result<(), FigureError> {
+/// Figure 4 (S3 on the corrupted set): mean SIS size of correctly and wrongly
+/// classified images of `set` ("test images") per model, bars with 95% confidence
+/// intervals.
+pub fn correct_vs_wrong(
+    rows: &[CorrectVsWrong],
+    set: &str,
+    path: &Path,
+) -> Result<(), FigureError> {
     let names: Vec<String> = rows
         .iter()
         .map(|r| format!("{} (τ = {})", r.model, r.threshold))
@@ -300,7 +305,7 @@ pub fn correct_vs_wrong(rows: &[CorrectVsWrong], path: &Path) -> Result<(), Figu
     render(path, width, 560, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
-                "SIS size of correctly vs. wrongly classified test images",
+                format!("SIS size of correctly vs. wrongly classified {set}"),
                 (FONT, 24),
             )
             .margin(16)

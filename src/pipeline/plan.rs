@@ -19,8 +19,8 @@ pub mod names {
     pub fn train(m: &ModelSpec) -> String {
         format!("train-{}", m.name)
     }
-    pub fn sis(m: &ModelSpec, split: Split) -> String {
-        format!("sis-{}-{split}", m.name)
+    pub fn sis(m: &ModelSpec, set: SisSet) -> String {
+        format!("sis-{}-{set}", m.name)
     }
     pub fn stability(m: &ModelSpec) -> String {
         format!("stability-{}", m.name)
@@ -39,13 +39,43 @@ pub mod names {
     pub const TRANSFER: &str = "transfer";
 }
 
+/// The images a SIS stage BackSelects: a split of the spec's data, or its corrupted
+/// test set (`corrupted`, for the SIS size of correct vs. wrong predictions there,
+/// the paper's Figure S3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SisSet {
+    Train,
+    Test,
+    Corrupted,
+}
+
+impl SisSet {
+    /// The split of the dataset spec it reads (the corrupted set is a test split).
+    pub fn split(self) -> Split {
+        match self {
+            SisSet::Train => Split::Train,
+            SisSet::Test | SisSet::Corrupted => Split::Test,
+        }
+    }
+}
+
+impl std::fmt::Display for SisSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SisSet::Train => "train",
+            SisSet::Test => "test",
+            SisSet::Corrupted => "corrupted",
+        })
+    }
+}
+
 /// What a stage does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum StageKind {
     /// Train a model of the spec on full images (a gang on Slurm).
     Train,
-    /// BackSelect every image of a split (a leader and workers).
-    Sis(Split),
+    /// BackSelect every image of a split or the corrupted set (a leader and workers).
+    Sis(SisSet),
     /// Evaluate an original model on the test views.
     Eval,
     /// BackSelect a sample of test images with another noise seed (subset stability).
@@ -109,13 +139,21 @@ pub fn plan(spec: &PipelineSpec) -> Vec<PlannedStage> {
         .chain(spec.models.iter().filter(|m| !m.members.is_empty()));
     for m in ordered {
         let deps = model_deps(m);
-        let test = names::sis(m, Split::Test);
+        let test = names::sis(m, SisSet::Test);
         push(
             test.clone(),
-            StageKind::Sis(Split::Test),
+            StageKind::Sis(SisSet::Test),
             Some(m),
             deps.clone(),
         );
+        if spec.corrupted.is_some() {
+            push(
+                names::sis(m, SisSet::Corrupted),
+                StageKind::Sis(SisSet::Corrupted),
+                Some(m),
+                deps.clone(),
+            );
+        }
         let mut eval_deps = deps.clone();
         eval_deps.push(test.clone());
         push(names::eval(m), StageKind::Eval, Some(m), eval_deps.clone());
@@ -130,10 +168,10 @@ pub fn plan(spec: &PipelineSpec) -> Vec<PlannedStage> {
         if !retrains(m) {
             continue;
         }
-        let train_store = names::sis(m, Split::Train);
+        let train_store = names::sis(m, SisSet::Train);
         push(
             train_store.clone(),
-            StageKind::Sis(Split::Train),
+            StageKind::Sis(SisSet::Train),
             Some(m),
             deps,
         );
@@ -193,30 +231,30 @@ pub fn run_stage(exp: &Experiment, stage: &PlannedStage, spec_text: &str) -> any
         StageKind::Train => {
             exp.model(model_spec()?)?;
         }
-        StageKind::Sis(split) => {
+        StageKind::Sis(set) => {
             let m = model_spec()?;
             let model = exp.model(m)?;
-            exp.sis_store(m, &model, split)?;
+            exp.sis_store(m, &model, set)?;
         }
         StageKind::Eval => {
             let m = model_spec()?;
             let model = exp.model(m)?;
-            let test_store = exp.sis_store(m, &model, Split::Test)?;
+            let test_store = exp.sis_store(m, &model, SisSet::Test)?;
             exp.views(&model, &stage.name, &test_store, SubsetKind::Full)?;
         }
         StageKind::Stability => {
             let m = model_spec()?;
             let model = exp.model(m)?;
-            let test_store = exp.sis_store(m, &model, Split::Test)?;
+            let test_store = exp.sis_store(m, &model, SisSet::Test)?;
             exp.stability(m, &model, &test_store)?;
         }
         StageKind::Retrain(kind, r) | StageKind::RetrainEval(kind, r) => {
             let m = model_spec()?;
             let model = exp.model(m)?;
-            let train_store = exp.sis_store(m, &model, Split::Train)?;
+            let train_store = exp.sis_store(m, &model, SisSet::Train)?;
             let dir = exp.retrain(m, kind, r, &train_store)?;
             if let StageKind::RetrainEval(..) = stage.kind {
-                let test_store = exp.sis_store(m, &model, Split::Test)?;
+                let test_store = exp.sis_store(m, &model, SisSet::Test)?;
                 exp.views(&dir.to_string_lossy(), &stage.name, &test_store, kind)?;
             }
         }

@@ -9,11 +9,11 @@ use anyhow::Context;
 use super::analyses::*;
 use super::analysis::{self, table1::columns};
 use super::experiment::{Experiment, Ranks};
-use super::plan::{names, retrains};
+use super::plan::{names, retrains, SisSet};
 use super::spec::{ModelSpec, PipelineSpec};
 use super::stages::{self, Stages, SubsetKind};
 use super::views::ViewsEval;
-use crate::data::{ImageSource, Split};
+use crate::data::ImageSource;
 use crate::models;
 use crate::store::StoreReader;
 
@@ -23,6 +23,8 @@ struct Built {
     /// `--model` string: checkpoint dir, TorchScript path or `ensemble:...`.
     model: String,
     test_store: PathBuf,
+    /// The SIS store of the corrupted test set, where the spec has one.
+    corrupted_store: Option<PathBuf>,
     original: ViewsEval,
     /// The subsets' stability between two noise seeds (gradient BackSelect).
     stability: Option<Stability>,
@@ -32,11 +34,19 @@ struct Built {
 }
 
 /// Runs the pipeline and writes the report; returns the report directory.
-pub fn run_pipeline(spec: &PipelineSpec, spec_text: &str) -> anyhow::Result<PathBuf> {
+/// `threads` (`--threads`) is passed on to the ranks of local training gangs, so they
+/// compute with the same thread count as this process (and as a Slurm run with the
+/// same `--threads`: libtorch's CPU reductions depend on it).
+pub fn run_pipeline(
+    spec: &PipelineSpec,
+    spec_text: &str,
+    threads: Option<i32>,
+) -> anyhow::Result<PathBuf> {
     let ranks = Ranks::Local {
         spec_file: spec.out.join("pipeline-spec.toml"),
     };
-    let exp = Experiment::open(spec, Stages::new(spec.out.clone()), ranks)?;
+    let mut exp = Experiment::open(spec, Stages::new(spec.out.clone()), ranks)?;
+    exp.threads = threads;
     run_experiment(&exp, spec_text)
 }
 
@@ -60,9 +70,13 @@ pub fn run_experiment(exp: &Experiment, spec_text: &str) -> anyhow::Result<PathB
     for m in order {
         let model = exp.model(m)?;
         let retrain = retrains(m);
-        let test_store = exp.sis_store(m, &model, Split::Test)?;
+        let test_store = exp.sis_store(m, &model, SisSet::Test)?;
+        let corrupted_store = match spec.corrupted {
+            Some(_) => Some(exp.sis_store(m, &model, SisSet::Corrupted)?),
+            None => None,
+        };
         let train_store = if retrain {
-            Some(exp.sis_store(m, &model, Split::Train)?)
+            Some(exp.sis_store(m, &model, SisSet::Train)?)
         } else {
             None
         };
@@ -85,6 +99,7 @@ pub fn run_experiment(exp: &Experiment, spec_text: &str) -> anyhow::Result<PathB
             spec: m.clone(),
             model,
             test_store,
+            corrupted_store,
             original,
             stability,
             retrained,
@@ -195,6 +210,7 @@ fn analyze(
         confidence: Vec::new(),
         sis_size: Vec::new(),
         correct_vs_wrong: Vec::new(),
+        corrupted_correct_vs_wrong: Vec::new(),
         heatmaps: Vec::new(),
         confidence_history: Vec::new(),
         transfer,
@@ -245,6 +261,13 @@ fn analyze(
             .with_context(|| format!("reading {}", b.test_store.display()))?;
         a.sis_size.push(s.sis_size);
         a.correct_vs_wrong.push(s.correct_vs_wrong);
+        if let Some(c) = &b.corrupted_store {
+            let store = StoreReader::open(c)?;
+            a.corrupted_correct_vs_wrong.push(
+                analysis::sis_size::correct_vs_wrong(name, &store, spec.threshold)
+                    .with_context(|| format!("reading {}", c.display()))?,
+            );
+        }
         a.heatmaps.extend(s.heatmaps);
         a.confidence_history.push(s.confidence_history);
         let mut picks = s.gallery;

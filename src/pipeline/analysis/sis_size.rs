@@ -5,6 +5,7 @@
 use super::super::analyses::{CorrectVsWrong, SisSizeCurve};
 use super::stats::Running;
 use crate::sis::ImageSis;
+use crate::store::{StoreError, StoreReader};
 
 /// The SIS size of `rec` at `tau` as a fraction of its pixels; `None` if `f(x) < τ`.
 fn size_fraction(rec: &ImageSis, tau: f32) -> Option<f64> {
@@ -89,4 +90,18 @@ impl CorrectVsWrongAcc {
             wrong: self.wrong.mean_ci(),
         }
     }
+}
+
+/// Correct vs. wrong at `tau` over a whole store in one pass: the corrupted set's SIS
+/// stage (the paper's Figure S3), which needs none of the test store's other analyses.
+pub fn correct_vs_wrong(
+    model: &str,
+    store: &StoreReader,
+    tau: f32,
+) -> Result<CorrectVsWrong, StoreError> {
+    let mut acc = CorrectVsWrongAcc::new(tau);
+    for rec in store.iter() {
+        acc.add(&rec?);
+    }
+    Ok(acc.finish(model))
 }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::super::analyses::{Analyses, MeanCi};
+use super::super::analyses::{Analyses, CorrectVsWrong, MeanCi};
 use super::prose::findings;
 use super::{fmt_ci, fmt_ratio, fmt_stat, pct};
 
@@ -163,36 +163,18 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
         b.push(Block::Table { header, rows });
     }
 
-    if !a.correct_vs_wrong.is_empty() {
-        b.push(Block::Heading(
-            2,
-            "SIS size of correct vs. wrong predictions (Figure 4 analog)".into(),
-        ));
-        b.push(Block::Paragraph(
-            "Mean SIS size (% of pixels) [95% confidence interval] (number of images) of correctly and wrongly classified test images.".into(),
-        ));
-        b.push(Block::Table {
-            header: vec![
-                "Model".into(),
-                "Threshold τ".into(),
-                "Correctly classified".into(),
-                "Misclassified".into(),
-            ],
-            rows: a
-                .correct_vs_wrong
-                .iter()
-                .map(|c| {
-                    let cell = |m: &Option<MeanCi>| m.as_ref().map_or("—".into(), fmt_ci);
-                    vec![
-                        c.model.clone(),
-                        format!("{}", c.threshold),
-                        cell(&c.correct),
-                        cell(&c.wrong),
-                    ]
-                })
-                .collect(),
-        });
-    }
+    correct_vs_wrong_table(
+        &mut b,
+        &a.correct_vs_wrong,
+        "SIS size of correct vs. wrong predictions (Figure 4 analog)",
+        "test images",
+    );
+    correct_vs_wrong_table(
+        &mut b,
+        &a.corrupted_correct_vs_wrong,
+        "SIS size of correct vs. wrong predictions on the corrupted set (Figure S3 analog)",
+        "images of the corrupted test set",
+    );
 
     if let Some(t) = &a.transfer {
         b.push(Block::Heading(
@@ -389,4 +371,36 @@ fn gallery_size(path: &Path) -> Option<(u32, u32)> {
     let (w, h) = (reader.info().width.max(1), reader.info().height.max(1));
     let factor = (480 / w).min(1600 / h).max(1);
     Some((w * factor, h * factor))
+}
+
+/// The table of mean SIS sizes of correctly and wrongly classified `set` (nothing
+/// when `rows` is empty).
+fn correct_vs_wrong_table(b: &mut Vec<Block>, rows: &[CorrectVsWrong], heading: &str, set: &str) {
+    if rows.is_empty() {
+        return;
+    }
+    b.push(Block::Heading(2, heading.into()));
+    b.push(Block::Paragraph(format!(
+        "Mean SIS size (% of pixels) [95% confidence interval] (number of images) of correctly and wrongly classified {set}."
+    )));
+    let cell = |m: &Option<MeanCi>| m.as_ref().map_or("—".into(), fmt_ci);
+    b.push(Block::Table {
+        header: vec![
+            "Model".into(),
+            "Threshold τ".into(),
+            "Correctly classified".into(),
+            "Misclassified".into(),
+        ],
+        rows: rows
+            .iter()
+            .map(|c| {
+                vec![
+                    c.model.clone(),
+                    format!("{}", c.threshold),
+                    cell(&c.correct),
+                    cell(&c.wrong),
+                ]
+            })
+            .collect(),
+    });
 }

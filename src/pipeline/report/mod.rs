@@ -187,7 +187,14 @@ pub fn write_report(analyses: &Analyses, dir: &Path) -> Result<ReportFiles, Repo
             "sis_size_correct_vs_wrong.png",
             "Mean SIS size of correctly (blue) and wrongly (red) classified test images; error bars are 95% confidence intervals of the mean (cf. the paper's Figure 4).".into(),
         );
-        figures::correct_vs_wrong(&analyses.correct_vs_wrong, &p)?;
+        figures::correct_vs_wrong(&analyses.correct_vs_wrong, "test images", &p)?;
+    }
+    if !analyses.corrupted_correct_vs_wrong.is_empty() {
+        let p = add(
+            "sis_size_correct_vs_wrong_corrupted.png",
+            "The same on the corrupted test set: mean SIS size of its correctly (blue) and wrongly (red) classified images; error bars are 95% confidence intervals of the mean (cf. the paper's Figure S3).".into(),
+        );
+        figures::correct_vs_wrong(&analyses.corrupted_correct_vs_wrong, "corrupted images", &p)?;
     }
     if !analyses.heatmaps.is_empty() {
         let p = add(

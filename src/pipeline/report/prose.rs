@@ -1,7 +1,7 @@
 //! The findings paragraph: plain language, every clause conditional on the
 //! numbers, every number formatted with [`pct`].
 
-use super::super::analyses::{Analyses, Stat, Table1Row};
+use super::super::analyses::{Analyses, CorrectVsWrong, Stat, Table1Row};
 use std::fmt::Write as _;
 
 use super::pct;
@@ -257,30 +257,14 @@ pub fn findings(a: &Analyses) -> String {
         }
 
         if let Some(cw) = a.correct_vs_wrong.iter().find(|c| c.model == model) {
-            if let (Some(c), Some(w)) = (&cw.correct, &cw.wrong) {
-                let _ = write!(
-                    s,
-                    "At threshold {}, correctly classified images need a mean SIS of {}% of the pixels (n = {}) and misclassified ones {}% (n = {})",
-                    cw.threshold,
-                    pct(c.mean),
-                    c.n,
-                    pct(w.mean),
-                    w.n
-                );
-                if c.n < 2 || w.n < 2 {
-                    s.push_str(" (too few images for an interval: no comparison). ");
-                } else if c.lo > w.hi {
-                    s.push_str(
-                        " (95% intervals do not overlap: larger SIS go with correct predictions, as in the paper's Figure 4). ",
-                    );
-                } else if w.lo > c.hi {
-                    s.push_str(
-                        " (95% intervals do not overlap: here misclassified images need larger SIS). ",
-                    );
-                } else {
-                    s.push_str(" (95% intervals overlap: no clear difference). ");
-                }
-            }
+            correct_vs_wrong_sentence(&mut s, cw, "", "Figure 4");
+        }
+        if let Some(cw) = a
+            .corrupted_correct_vs_wrong
+            .iter()
+            .find(|c| c.model == model)
+        {
+            correct_vs_wrong_sentence(&mut s, cw, "on the corrupted set, ", "Figure S3");
         }
         if !s.is_empty() {
             out.push(s.trim_end().to_string());
@@ -319,4 +303,34 @@ pub fn findings(a: &Analyses) -> String {
         return "The analyses hold no accuracy or confidence numbers yet, so there are no findings to report.".into();
     }
     out.join(" ")
+}
+
+/// "At threshold τ, correctly classified images need …" with the verdict of the two
+/// 95% intervals; `set` says where ("on the corrupted set, "), `figure` which of the
+/// paper's figures found larger SIS for correct predictions.
+fn correct_vs_wrong_sentence(s: &mut String, cw: &CorrectVsWrong, set: &str, figure: &str) {
+    let (Some(c), Some(w)) = (&cw.correct, &cw.wrong) else {
+        return;
+    };
+    let _ = write!(
+        s,
+        "At threshold {}, {set}correctly classified images need a mean SIS of {}% of the pixels (n = {}) and misclassified ones {}% (n = {})",
+        cw.threshold,
+        pct(c.mean),
+        c.n,
+        pct(w.mean),
+        w.n
+    );
+    if c.n < 2 || w.n < 2 {
+        s.push_str(" (too few images for an interval: no comparison). ");
+    } else if c.lo > w.hi {
+        let _ = write!(
+            s,
+            " (95% intervals do not overlap: larger SIS go with correct predictions, as in the paper's {figure}). "
+        );
+    } else if w.lo > c.hi {
+        s.push_str(" (95% intervals do not overlap: here misclassified images need larger SIS). ");
+    } else {
+        s.push_str(" (95% intervals overlap: no clear difference). ");
+    }
 }

@@ -176,6 +176,22 @@ fn sample() -> Analyses {
             heatmap("wide-cnn", Some(1), 25, 0, 0.0),
             heatmap("wide-cnn", Some(2), 5, 5, 0.0),
         ],
+        corrupted_correct_vs_wrong: vec![CorrectVsWrong {
+            model: "small-cnn".into(),
+            threshold: 0.9,
+            correct: Some(MeanCi {
+                mean: 0.0432,
+                lo: 0.0401,
+                hi: 0.0463,
+                n: 900,
+            }),
+            wrong: Some(MeanCi {
+                mean: 0.0234,
+                lo: 0.0211,
+                hi: 0.0257,
+                n: 600,
+            }),
+        }],
         confidence_history: Vec::new(),
         transfer: Some(TransferMatrix {
             sources: vec!["small-cnn".into(), "wide-cnn".into()],
@@ -328,7 +344,8 @@ fn writes_all_files_and_figures_decode_with_content() {
     assert_eq!(back, a);
     // Expected sizes from each figure's layout (hand-computed):
     // accuracy: 6 groups → max(190·6+160, 800) = 1300 × 600;
-    // curves 900 × 560; correct-vs-wrong: max(260·2+200, 700) = 720 × 560;
+    // curves 900 × 560; correct-vs-wrong: max(260·2+200, 700) = 720 × 560, on the
+    // corrupted set (one model) max(260+200, 700) = 700 × 560;
     // heatmaps: 4 columns → cell = clamp(1100/4, 72, 160) = 160,
     //   150 + 4·170 + 130 = 960 wide, 60 + 2·(160+36+10) + 20 = 492 tall;
     // transfer: cell = clamp(700/2, 70, 150) = 150, 200+300+160 = 660 × 110+300+50 = 460.
@@ -336,6 +353,7 @@ fn writes_all_files_and_figures_decode_with_content() {
         ("accuracy.png", 1300, 600),
         ("sis_size_vs_threshold.png", 900, 560),
         ("sis_size_correct_vs_wrong.png", 720, 560),
+        ("sis_size_correct_vs_wrong_corrupted.png", 700, 560),
         ("pixel_heatmaps.png", 960, 492),
         ("transfer_matrix.png", 660, 460),
     ];
@@ -439,14 +457,30 @@ fn every_table_number_round_trips_to_the_analyses() {
         }
     }
 
-    let cvw = table(&t, "SIS size of correct");
-    for c in &a.correct_vs_wrong {
-        let row = cvw.iter().find(|r| r[0] == c.model).unwrap();
-        assert_eq!(row[1], format!("{}", c.threshold));
-        for (cell, m) in [(&row[2], &c.correct), (&row[3], &c.wrong)] {
-            match m {
-                None => assert_eq!(cell, "—"),
-                Some(m) => assert_ci(cell, m),
+    for (heading, rows) in [
+        (
+            "SIS size of correct vs. wrong predictions (",
+            &a.correct_vs_wrong,
+        ),
+        (
+            "SIS size of correct vs. wrong predictions on the corrupted set",
+            &a.corrupted_correct_vs_wrong,
+        ),
+    ] {
+        let cvw = table(&t, heading);
+        assert_eq!(
+            cvw.len(),
+            rows.len() + 1,
+            "{heading}: header and one row per model"
+        );
+        for c in rows {
+            let row = cvw.iter().find(|r| r[0] == c.model).unwrap();
+            assert_eq!(row[1], format!("{}", c.threshold));
+            for (cell, m) in [(&row[2], &c.correct), (&row[3], &c.wrong)] {
+                match m {
+                    None => assert_eq!(cell, "—"),
+                    Some(m) => assert_ci(cell, m),
+                }
             }
         }
     }
@@ -482,7 +516,11 @@ fn every_findings_number_is_an_analyses_number() {
     for c in &a.confidence {
         allowed.extend([c.full.mean, c.backselect.mean, c.random.mean]);
     }
-    for c in &a.correct_vs_wrong {
+    for c in a
+        .correct_vs_wrong
+        .iter()
+        .chain(&a.corrupted_correct_vs_wrong)
+    {
         allowed.extend(c.correct.iter().chain(&c.wrong).map(|m| m.mean));
     }
     allowed.push((0.88765 + 0.90765) / 2.0);
@@ -522,7 +560,12 @@ fn findings_wording_follows_the_numbers() {
     assert!(far.contains("barely drops"), "{far}");
     assert!(far.contains("drops substantially"), "{far}");
     assert!(
-        far.contains("larger SIS go with correct predictions"),
+        far.contains("larger SIS go with correct predictions, as in the paper's Figure 4"),
+        "{far}"
+    );
+    // The corrupted set's sentence (0.0432 [0.0401, 0.0463] vs 0.0234 [0.0211, 0.0257]).
+    assert!(
+        far.contains("on the corrupted set, correctly classified images need a mean SIS of 4.32% of the pixels (n = 900) and misclassified ones 2.34% (n = 600) (95% intervals do not overlap: larger SIS go with correct predictions, as in the paper's Figure S3)"),
         "{far}"
     );
     assert!(
