@@ -255,16 +255,7 @@ fn uptime() -> String {
 
 /// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    overinterp::util::peak_rss_kib().map_or(f64::NAN, |kib| kib as f64 / 1024.0)
 }
 
 /// Forwards per second of the model at each candidate batch size (no grad), to size

@@ -111,3 +111,16 @@ mod tests {
             .contains("use cpu, cuda or cuda:N"));
     }
 }
+
+/// This process's peak resident memory in KiB (`VmHWM` of `/proc/self/status`);
+/// `None` where there is no procfs.
+pub fn peak_rss_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -180,7 +180,10 @@ pub fn run_leader(args: LeaderArgs) -> anyhow::Result<()> {
         leader.run().await.map_err(anyhow::Error::from)
     })?;
     if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)?;
+        let mut json = serde_json::to_value(&report)?;
+        // The leader's peak resident memory, for sizing its node (and the flood test).
+        json["peak_rss_kib"] = crate::util::peak_rss_kib().into();
+        let json = serde_json::to_string_pretty(&json)?;
         std::fs::write(path, json)
             .with_context(|| format!("writing the job report {}", path.display()))?;
     }

@@ -15,31 +15,20 @@ pub fn planted(y: usize) -> [usize; 3] {
 
 /// Writes `{train,t10k}-{images-idx3,labels-idx1}-ubyte` with `n` images each.
 pub fn write_idx(dir: &Path, prefix: &str, n: usize, seed: u64) {
-    let mut rng = overinterp::util::SplitMix64::new(seed);
-    let mut images = vec![0, 0, 8, 3];
-    images.extend((n as u32).to_be_bytes());
-    images.extend((SIDE as u32).to_be_bytes());
-    images.extend((SIDE as u32).to_be_bytes());
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((n as u32).to_be_bytes());
-    for _ in 0..n {
-        let y = rng.below(CLASSES);
-        let mut img: Vec<u8> = (0..SIDE * SIDE).map(|_| rng.below(120) as u8).collect();
-        for p in planted(y) {
-            img[p] = 255;
-        }
-        images.extend(img);
-        labels.push(y as u8);
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    write_images(dir, prefix, n, seed, false);
 }
 
-/// Writes a corrupted test set `t10k-*` of `n` images: a slightly brighter noisy
-/// background, and in about 2 of 5 images the planted pixels of the next class
-/// instead of the label's, so the model gets those wrong, confidently (a corrupted
-/// set with SIS of both correct and wrong predictions).
+/// Writes a corrupted test set `t10k-*` of `n` images: in about 2 of 5 images the
+/// planted pixels of the next class instead of the label's, so the model gets those
+/// wrong, confidently (a corrupted set with SIS of both correct and wrong predictions).
 pub fn write_corrupted_idx(dir: &Path, n: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    write_images(dir, "t10k", n, seed, true);
+}
+
+/// The images and labels of [`write_idx`]; with `swap`, one extra draw per image
+/// picks whether it shows the next class's planted pixels.
+fn write_images(dir: &Path, prefix: &str, n: usize, seed: u64, swap: bool) {
     let mut rng = overinterp::util::SplitMix64::new(seed);
     let mut images = vec![0, 0, 8, 3];
     images.extend((n as u32).to_be_bytes());
@@ -49,7 +38,7 @@ pub fn write_corrupted_idx(dir: &Path, n: usize, seed: u64) {
     labels.extend((n as u32).to_be_bytes());
     for _ in 0..n {
         let y = rng.below(CLASSES);
-        let shown = if rng.below(5) < 2 {
+        let shown = if swap && rng.below(5) < 2 {
             (y + 1) % CLASSES
         } else {
             y
@@ -61,9 +50,8 @@ pub fn write_corrupted_idx(dir: &Path, n: usize, seed: u64) {
         images.extend(img);
         labels.push(y as u8);
     }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images).unwrap();
-    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), labels).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
 }
 
 /// The pipeline spec of the planted-shortcut experiment over `data`, into `out`,
