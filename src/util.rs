@@ -80,6 +80,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// This process's peak resident memory in KiB (`VmHWM` of `/proc/self/status`);
+/// `None` where there is no procfs.
+pub fn peak_rss_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,17 +123,4 @@ mod tests {
             .unwrap_err()
             .contains("use cpu, cuda or cuda:N"));
     }
-}
-
-/// This process's peak resident memory in KiB (`VmHWM` of `/proc/self/status`);
-/// `None` where there is no procfs.
-pub fn peak_rss_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }

@@ -884,9 +884,9 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Samples a process's anonymous and file-backed RSS every 20 ms until dropped, and
-/// keeps the largest of each: VmHWM alone cannot tell heap growth from libtorch's
-/// code pages being touched for the first time.
+/// Samples a process's anonymous and file-backed RSS every 20 ms until stopped or
+/// dropped, and keeps the largest of each: VmHWM alone cannot tell heap growth from
+/// libtorch's code pages being touched for the first time.
 struct RssWatch {
     peaks: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
     watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -921,11 +921,23 @@ impl RssWatch {
     /// (peak anonymous, peak file-backed) RSS in KiB.
     fn stop(mut self) -> (u64, u64) {
         use std::sync::atomic::Ordering::SeqCst;
-        self.watching.store(false, SeqCst);
+        self.halt();
+        (self.peaks[0].load(SeqCst), self.peaks[1].load(SeqCst))
+    }
+
+    fn halt(&mut self) {
+        self.watching
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             t.join().expect("RSS watcher");
         }
-        (self.peaks[0].load(SeqCst), self.peaks[1].load(SeqCst))
+    }
+}
+
+/// A test that panics before `stop` still ends the sampling thread.
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 

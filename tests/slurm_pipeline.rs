@@ -452,6 +452,7 @@ fn planted_pipeline_on_slurm_equals_embedded_and_resumes_a_cancelled_sis_stage()
 #[test]
 fn dry_run_prints_the_jobs_and_their_dependencies() {
     let (dir, spec) = fixture();
+    common::planted::add_corrupted(dir.path());
     let out = dir.path().join("out");
     let script = ok(
         pipeline(None, &spec, &out, &["--slurm", "--dry-run"]),
@@ -476,6 +477,12 @@ fn dry_run_prints_the_jobs_and_their_dependencies() {
         sis.contains("--requeue") && sis.contains("sis.sbatch"),
         "{sis}"
     );
+    let corrupted = line("sis-cnn-corrupted");
+    assert!(
+        corrupted.contains("--dependency=afterok:$JOB_train_cnn")
+            && corrupted.contains("sis.sbatch"),
+        "{corrupted}"
+    );
     let retrain = line("retrain-cnn-random");
     assert!(
         retrain.contains("--array=0,1") && retrain.contains("retrain-cnn-random-{task}"),
@@ -484,6 +491,7 @@ fn dry_run_prints_the_jobs_and_their_dependencies() {
     let report = line("report");
     for unit in [
         "eval-cnn",
+        "sis-cnn-corrupted",
         "retrain-cnn-backselect-eval",
         "retrain-cnn-random-eval",
     ] {

@@ -14,7 +14,8 @@ use crate::pipeline::{run::run_pipeline, spec::PipelineSpec};
 use crate::train::parallel::{resolve_host, Backend, GangConfig, EXIT_GANG_LOST};
 
 /// Run the paper's whole experiment for a dataset and a set of models: train →
-/// backselect every train and test image (on the embedded cluster) → backselect
+/// backselect every train and test image and the corrupted set (on the embedded
+/// cluster) → backselect
 /// and random pixel subsets → evaluate → retrain on subsets (replicates) →
 /// evaluate → analyses → report.html / report.md. Every stage is cached by the
 /// hash of its inputs: rerunning after a crash, or with one more replicate, redoes

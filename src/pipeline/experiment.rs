@@ -60,6 +60,22 @@ impl<'a> Experiment<'a> {
             .as_deref()
             .map(|c| stages::open_split(c, Split::Test))
             .transpose()?;
+        if let (Some(c), Some(name)) = (&corrupted, &spec.corrupted) {
+            let (cs, ts) = (
+                (c.shape(), c.num_classes()),
+                (test_set.shape(), test_set.num_classes()),
+            );
+            anyhow::ensure!(
+                cs == ts,
+                "corrupted set {name}: images {:?} of {} classes, but the test set {} has {:?} of {}; \
+                 the models evaluate both, so they must match",
+                cs.0,
+                cs.1,
+                spec.data,
+                ts.0,
+                ts.1
+            );
+        }
         let [_, h, w] = test_set.shape();
         Ok(Self {
             spec,

@@ -358,28 +358,8 @@ pub fn correct_vs_wrong(
                     Some(m) => error_bar(&mut chart, x, 100.0 * m.lo, 100.0 * m.hi, 0.06)?,
                     None => {
                         // Say why a bar is missing instead of leaving a silent gap.
-                        let what = if g == 0 {
-                            "no correct"
-                        } else {
-                            "no misclassified"
-                        };
-                        let (px, py) = chart.backend_coord(&(x, 0.0));
-                        label(
-                            root,
-                            what,
-                            (px, py - 24),
-                            13,
-                            &BLACK,
-                            (HPos::Center, VPos::Bottom),
-                        )?;
-                        label(
-                            root,
-                            "images",
-                            (px, py - 8),
-                            13,
-                            &BLACK,
-                            (HPos::Center, VPos::Bottom),
-                        )?;
+                        let what = if g == 0 { "correct" } else { "misclassified" };
+                        no_images_note(root, &chart, x, what)?;
                     }
                 }
             }
@@ -393,6 +373,26 @@ pub fn correct_vs_wrong(
             .draw()
             .map_err(e2s)
     })
+}
+
+/// "no WHAT / images" above the x axis at `x`, where a bar has no images to show.
+fn no_images_note(
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    chart: &ChartContext<'_, BitMapBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    x: f64,
+    what: &str,
+) -> Result<(), String> {
+    let (px, py) = chart.backend_coord(&(x, 0.0));
+    let anchor = (HPos::Center, VPos::Bottom);
+    label(
+        root,
+        &format!("no {what}"),
+        (px, py - 24),
+        13,
+        &BLACK,
+        anchor,
+    )?;
+    label(root, "images", (px, py - 8), 13, &BLACK, anchor)
 }
 
 /// Draws `text` at pixel `(x, y)` on `area`, anchored as given.

@@ -1,5 +1,5 @@
 //! `overinterp pipeline`: the paper's experiment end to end (train → backselect
-//! every train and test image → subsets → evaluate → retrain on subsets →
+//! every train and test image and the corrupted set → subsets → evaluate → retrain on subsets →
 //! evaluate → analyses → report), every stage cached (see [`super::stages`]).
 
 use std::path::{Path, PathBuf};
@@ -256,13 +256,14 @@ fn analyze(
             random: ci(&b.original.random)?,
         });
         a.stability.extend(b.stability.clone());
-        let store = StoreReader::open(&b.test_store)?;
+        let store = StoreReader::open(&b.test_store)
+            .with_context(|| format!("opening {}", b.test_store.display()))?;
         let s = analysis::analyze_store(name, &store, &spec.sweep, spec.threshold, q)
             .with_context(|| format!("reading {}", b.test_store.display()))?;
         a.sis_size.push(s.sis_size);
         a.correct_vs_wrong.push(s.correct_vs_wrong);
         if let Some(c) = &b.corrupted_store {
-            let store = StoreReader::open(c)?;
+            let store = StoreReader::open(c).with_context(|| format!("opening {}", c.display()))?;
             a.corrupted_correct_vs_wrong.push(
                 analysis::sis_size::correct_vs_wrong(name, &store, spec.threshold)
                     .with_context(|| format!("reading {}", c.display()))?,

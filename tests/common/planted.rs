@@ -26,6 +26,20 @@ pub fn write_corrupted_idx(dir: &Path, n: usize, seed: u64) {
     write_images(dir, "t10k", n, seed, true);
 }
 
+/// Writes a corrupted test set of 100 images into `dir/corrupted` and names it in
+/// `dir/spec.toml` (the role CIFAR-10-C plays: Table 1's corrupted column, the
+/// corrupted set's SIS stage and Figure S3).
+pub fn add_corrupted(dir: &Path) {
+    let corrupted = dir.join("corrupted");
+    write_corrupted_idx(&corrupted, 100, 3);
+    let spec = dir.join("spec.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let anchor = "local_workers = 2\n";
+    assert!(text.contains(anchor), "no `{anchor}` in the spec");
+    let line = format!("corrupted = \"mnist:{}\"\n", corrupted.display());
+    std::fs::write(&spec, text.replacen(anchor, &format!("{anchor}{line}"), 1)).unwrap();
+}
+
 /// The images and labels of [`write_idx`]; with `swap`, one extra draw per image
 /// picks whether it shows the next class's planted pixels.
 fn write_images(dir: &Path, prefix: &str, n: usize, seed: u64, swap: bool) {

@@ -143,6 +143,32 @@ pub fn write_report(analyses: &Analyses, dir: &Path) -> Result<ReportFiles, Repo
     })?;
     write_file(&json, &text)?;
 
+    let (figs, paths) = draw_figures(analyses, &fig_dir)?;
+    let blocks = build_blocks(analyses, dir, &figs);
+    let markdown = dir.join("report.md");
+    write_file(&markdown, &to_markdown(&blocks))?;
+    let html = dir.join("report.html");
+    write_file(
+        &html,
+        &to_html(
+            &format!("Overinterpretation report: {}", analyses.name),
+            &blocks,
+        ),
+    )?;
+    Ok(ReportFiles {
+        markdown,
+        html,
+        json,
+        figures: paths,
+    })
+}
+
+/// (path relative to the report, caption) of each figure drawn, and its files.
+type Figures = (Vec<(String, String)>, Vec<PathBuf>);
+
+/// Draws the report's figures into `fig_dir`; returns each one's (path relative to the
+/// report, caption) and its file.
+fn draw_figures(analyses: &Analyses, fig_dir: &Path) -> Result<Figures, ReportError> {
     let q = pct(analyses.fraction);
     let q = q.trim_end_matches('0').trim_end_matches('.').to_string();
     // (relative path, caption) of each figure drawn.
@@ -217,22 +243,5 @@ pub fn write_report(analyses: &Analyses, dir: &Path) -> Result<ReportFiles, Repo
         );
         figures::transfer_matrix(t, &p)?;
     }
-
-    let blocks = build_blocks(analyses, dir, &figs);
-    let markdown = dir.join("report.md");
-    write_file(&markdown, &to_markdown(&blocks))?;
-    let html = dir.join("report.html");
-    write_file(
-        &html,
-        &to_html(
-            &format!("Overinterpretation report: {}", analyses.name),
-            &blocks,
-        ),
-    )?;
-    Ok(ReportFiles {
-        markdown,
-        html,
-        json,
-        figures: paths,
-    })
+    Ok((figs, paths))
 }
