@@ -97,6 +97,12 @@ pub struct CorrectVsWrong {
     /// SIS size as a fraction of the image, with 95% CI; `None` if no image.
     pub correct: Option<MeanCi>,
     pub wrong: Option<MeanCi>,
+    /// The paper's measure (Figures 4 and S3): the increase of the correct images' mean
+    /// SIS size over the misclassified ones', as a fraction of the latter, with the 95%
+    /// Welch interval of the difference in means scaled the same way; `None` under 2
+    /// images in either group or a misclassified mean of 0.
+    #[serde(default)]
+    pub increase: Option<MeanCi>,
 }
 
 /// How often each pixel is in the backselect subset (Figure 2), over all test

@@ -2,8 +2,8 @@
 //! paper's Figure 5) and for correctly vs. wrongly classified images (Figure 4),
 //! read from the stored confidence histories with FindSIS (no model calls).
 
-use super::super::analyses::{CorrectVsWrong, SisSizeCurve};
-use super::stats::Running;
+use super::super::analyses::{CorrectVsWrong, MeanCi, SisSizeCurve};
+use super::stats::{welch_diff_ci, Running};
 use crate::sis::ImageSis;
 use crate::store::{StoreError, StoreReader};
 
@@ -83,11 +83,21 @@ impl CorrectVsWrongAcc {
     }
 
     pub fn finish(self, model: &str) -> CorrectVsWrong {
+        let (c, w) = (self.correct.stat(), self.wrong.stat());
+        let increase = welch_diff_ci(&c, &w)
+            .filter(|_| w.mean > 0.0)
+            .map(|d| MeanCi {
+                mean: d.mean / w.mean,
+                lo: d.lo / w.mean,
+                hi: d.hi / w.mean,
+                n: d.n,
+            });
         CorrectVsWrong {
             model: model.to_string(),
             threshold: self.tau,
             correct: self.correct.mean_ci(),
             wrong: self.wrong.mean_ci(),
+            increase,
         }
     }
 }

@@ -98,6 +98,30 @@ pub fn mean_ci_of(s: &Stat) -> MeanCi {
     }
 }
 
+/// The difference of two means over images, `a − b`, with a 95% Welch interval
+/// (unequal variances; Welch–Satterthwaite degrees of freedom, rounded down, which
+/// widens the interval slightly). `None` unless both have at least 2 values.
+pub fn welch_diff_ci(a: &Stat, b: &Stat) -> Option<MeanCi> {
+    if a.n < 2 || b.n < 2 {
+        return None;
+    }
+    let (va, vb) = (a.std * a.std / a.n as f64, b.std * b.std / b.n as f64);
+    let se = (va + vb).sqrt();
+    let df = if se > 0.0 {
+        (va + vb).powi(2) / (va * va / (a.n - 1) as f64 + vb * vb / (b.n - 1) as f64)
+    } else {
+        (a.n + b.n - 2) as f64
+    };
+    let half = t975((df.floor() as usize).max(1)) * se;
+    let d = a.mean - b.mean;
+    Some(MeanCi {
+        mean: d,
+        lo: d - half,
+        hi: d + half,
+        n: a.n + b.n,
+    })
+}
+
 /// The two-sided 95% normal quantile `z = Φ⁻¹(0.975)`.
 pub const Z95: f64 = 1.959_963_984_540_054;
 
@@ -256,6 +280,22 @@ mod tests {
             assert!((t975(df) - t).abs() < 6e-4, "df {df}: {}", t975(df));
         }
         assert!((t975(100_000) - Z95).abs() < 1e-4);
+    }
+
+    #[test]
+    fn welch_interval_by_hand() {
+        // a = 1..5: mean 3, s² = 2.5 (s²/n = 0.5); b = 0, 2, …, 12: mean 6, s² = 112/6
+        // (s²/n = 8/3). Welch df = (0.5 + 8/3)² / (0.5²/4 + (8/3)²/6) = 8.04 → 8, and
+        // t₀.₉₇₅(8) = 2.306 (NIST table); a pooled test would use df 10 (2.228).
+        let a = stat(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        let b = stat(&[0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+        let d = welch_diff_ci(&a, &b).unwrap();
+        let half = 2.306 * (0.5f64 + 8.0 / 3.0).sqrt();
+        assert!((d.mean + 3.0).abs() < 1e-12);
+        assert!((d.hi - d.mean - half).abs() < 2e-3, "{d:?}");
+        assert!((d.mean - d.lo - half).abs() < 2e-3, "{d:?}");
+        assert_eq!(d.n, 12);
+        assert!(welch_diff_ci(&a, &stat(&[1.0])).is_none());
     }
 
     #[test]

@@ -75,23 +75,38 @@ fn shape_share(a: &Analyses, model: &str) -> Option<f64> {
     (c >= 2 && bs.mean > chance).then(|| (mask.mean - chance) / (bs.mean - chance))
 }
 
-/// What BS subsets far more learnable than random ones mean, given the mask-only
-/// control's share: the paper's reading (signal in the kept pixels' values) holds
-/// only where the mask shape does not already explain the accuracy.
-fn far_above_verdict(shape_share: Option<f64>) -> &'static str {
-    match shape_share {
-        Some(x) if x >= MOSTLY_SHAPE => {
-            "The backward-selection subsets are far more learnable than random ones, but the mask-only control below finds that mostly in where the kept pixels lie, not in their values: this retraining result alone is not evidence of signal in the pixel values. "
+/// What the gap between BS-trained and random-trained accuracy means, given the
+/// mask-only control's share: the paper's reading (signal in the kept pixels' values)
+/// holds only where the mask shape does not already explain the accuracy.
+fn retrain_verdict(gap: f64, shape_share: Option<f64>) -> &'static str {
+    if gap >= FAR_ABOVE {
+        match shape_share {
+            Some(x) if x >= MOSTLY_SHAPE => {
+                "The backward-selection subsets are far more learnable than random ones, but the mask-only control below finds that mostly in where the kept pixels lie, not in their values: this retraining result alone is not evidence of signal in the pixel values. "
+            }
+            Some(x) if x >= PART_SHAPE => {
+                "The backward-selection subsets are far more learnable than random ones; the mask-only control below finds part of that in where the kept pixels lie and the rest in their values: signal in so few pixels, which the paper found people cannot recognise. "
+            }
+            Some(_) => {
+                "The backward-selection subsets therefore carry real, learnable signal in their pixel values, not their shape (the mask-only control below), in so few pixels that the paper found people cannot recognise them: the sign of overinterpretation the paper reports. "
+            }
+            None => {
+                "The backward-selection subsets therefore carry learnable signal in so few pixels that the paper found people cannot recognise them: the sign of overinterpretation the paper reports (without the mask-only control, this run cannot tell it from mask-shape leakage). "
+            }
         }
-        Some(x) if x >= PART_SHAPE => {
-            "The backward-selection subsets are far more learnable than random ones; the mask-only control below finds part of that in where the kept pixels lie and the rest in their values, the signal no person would recognise in so few pixels that the paper reports. "
+    } else if gap > ABOUT_SAME {
+        match shape_share {
+            Some(x) if x >= MOSTLY_SHAPE => {
+                "The backward-selection subsets carry somewhat more learnable signal than random ones, but the margin is small and the mask-only control below finds it mostly in where the kept pixels lie: no evidence of signal in the pixel values. "
+            }
+            _ => {
+                "The backward-selection subsets carry somewhat more learnable signal than random ones, but the margin is small, so this run gives only weak evidence of overinterpretation. "
+            }
         }
-        Some(_) => {
-            "The backward-selection subsets therefore carry real, learnable signal that no person would recognise in so few pixels, and the mask-only control below finds it in their values, not their shape: the sign of overinterpretation the paper reports. "
-        }
-        None => {
-            "The backward-selection subsets therefore carry learnable signal that no person would recognise in so few pixels: the sign of overinterpretation the paper reports (without the mask-only control, this run cannot tell it from mask-shape leakage). "
-        }
+    } else if gap >= -ABOUT_SAME {
+        "Backward-selection and random subsets are about equally learnable, so this run shows no evidence that the selected pixels carry special signal. "
+    } else {
+        "The backward-selection subsets are less learnable than random ones, so this run shows no evidence of overinterpretation (the selected pixels do not carry more signal than chance pixels). "
     }
 }
 
@@ -128,20 +143,19 @@ fn mask_only_sentence(s: &mut String, a: &Analyses, model: &str, q: &str) {
         "Trained on the shape of the BS {q}% subsets alone (kept pixels one constant, pixel values gone), a model reaches {}% on the test masks",
         pct(mask.mean)
     );
-    if c < 2 {
-        s.push_str(". ");
+    let chance = 1.0 / c.max(1) as f64;
+    let Some(share) = shape_share(a, model) else {
+        if c < 2 {
+            s.push_str(". ");
+        } else {
+            let _ = write!(
+                s,
+                " (chance: {}%); BS-trained models do not beat chance, so there is nothing for the mask shape to explain. ",
+                pct(chance)
+            );
+        }
         return;
-    }
-    let chance = 1.0 / c as f64;
-    if bs.mean - chance <= 0.0 {
-        let _ = write!(
-            s,
-            " (chance: {}%); BS-trained models do not beat chance, so there is nothing for the mask shape to explain. ",
-            pct(chance)
-        );
-        return;
-    }
-    let share = (mask.mean - chance) / (bs.mean - chance);
+    };
     if !(0.0..=1.0).contains(&share) {
         let _ = write!(
             s,
@@ -208,22 +222,7 @@ pub fn findings(a: &Analyses) -> String {
                     "; trained on random {q}% subsets it reaches {}%. ",
                     pct(r.mean)
                 );
-                let gap = b.mean - r.mean;
-                if gap >= FAR_ABOVE {
-                    s.push_str(far_above_verdict(shape_share(a, &model)));
-                } else if gap > ABOUT_SAME {
-                    s.push_str(
-                        "The backward-selection subsets carry somewhat more learnable signal than random ones, but the margin is small, so this run gives only weak evidence of overinterpretation. ",
-                    );
-                } else if gap >= -ABOUT_SAME {
-                    s.push_str(
-                        "Backward-selection and random subsets are about equally learnable, so this run shows no evidence that the selected pixels carry special signal. ",
-                    );
-                } else {
-                    s.push_str(
-                        "The backward-selection subsets are less learnable than random ones, so this run shows no evidence of overinterpretation (the selected pixels do not carry more signal than chance pixels). ",
-                    );
-                }
+                s.push_str(retrain_verdict(b.mean - r.mean, shape_share(a, &model)));
             }
             _ => {
                 if let Some(f) = full_acc {
@@ -357,14 +356,34 @@ fn correct_vs_wrong_sentence(s: &mut String, cw: &CorrectVsWrong, set: &str, fig
     );
     if c.n < 2 || w.n < 2 {
         s.push_str(" (too few images for an interval: no comparison). ");
-    } else if c.lo > w.hi {
+        return;
+    }
+    let Some(i) = &cw.increase else {
+        s.push_str(" (the misclassified images' mean SIS is 0: no increase to compute). ");
+        return;
+    };
+    let interval = format!(
+        "[{}, {}] (95% interval of the difference in means)",
+        pct(i.lo),
+        pct(i.hi)
+    );
+    if i.lo > 0.0 {
         let _ = write!(
             s,
-            " (95% intervals do not overlap: larger SIS go with correct predictions, as in the paper's {figure}). "
+            ": {}% larger for correct predictions {interval}, so larger SIS go with correct predictions, as in the paper's {figure}. ",
+            pct(i.mean)
         );
-    } else if w.lo > c.hi {
-        s.push_str(" (95% intervals do not overlap: here misclassified images need larger SIS). ");
+    } else if i.hi < 0.0 {
+        let _ = write!(
+            s,
+            ": {}% smaller for correct predictions {interval}, so here misclassified images need larger SIS, unlike the paper's {figure}. ",
+            pct(-i.mean)
+        );
     } else {
-        s.push_str(" (95% intervals overlap: no clear difference). ");
+        let _ = write!(
+            s,
+            ": a change of {}% for correct predictions {interval}, which includes 0: no clear difference. ",
+            pct(i.mean)
+        );
     }
 }

@@ -153,6 +153,12 @@ fn sample() -> Analyses {
                     hi: 0.0342,
                     n: 50,
                 }),
+                increase: Some(MeanCi {
+                    mean: 0.6463,
+                    lo: 0.4501,
+                    hi: 0.8425,
+                    n: 1700,
+                }),
             },
             CorrectVsWrong {
                 model: "wide-cnn".into(),
@@ -164,6 +170,7 @@ fn sample() -> Analyses {
                     n: 1700,
                 }),
                 wrong: None,
+                increase: None,
             },
         ],
         heatmaps: vec![
@@ -190,6 +197,12 @@ fn sample() -> Analyses {
                 lo: 0.0211,
                 hi: 0.0257,
                 n: 600,
+            }),
+            increase: Some(MeanCi {
+                mean: 0.8462,
+                lo: 0.7012,
+                hi: 0.9912,
+                n: 1500,
             }),
         }],
         confidence_history: Vec::new(),
@@ -522,6 +535,7 @@ fn every_findings_number_is_an_analyses_number() {
         .chain(&a.corrupted_correct_vs_wrong)
     {
         allowed.extend(c.correct.iter().chain(&c.wrong).map(|m| m.mean));
+        allowed.extend(c.increase.iter().flat_map(|m| [m.mean, m.lo, m.hi]));
     }
     allowed.push((0.88765 + 0.90765) / 2.0);
     allowed.push((0.4012 + 0.3333) / 2.0);
@@ -567,9 +581,9 @@ fn findings_wording_follows_the_numbers() {
         far.contains("larger SIS go with correct predictions, as in the paper's Figure 4"),
         "{far}"
     );
-    // The corrupted set's sentence (0.0432 [0.0401, 0.0463] vs 0.0234 [0.0211, 0.0257]).
+    // The corrupted set's sentence (0.0432 vs 0.0234: +84.62% [70.12, 99.12]).
     assert!(
-        far.contains("on the corrupted set, correctly classified images need a mean SIS of 4.32% of the pixels (n = 900) and misclassified ones 2.34% (n = 600) (95% intervals do not overlap: larger SIS go with correct predictions, as in the paper's Figure S3)"),
+        far.contains("on the corrupted set, correctly classified images need a mean SIS of 4.32% of the pixels (n = 900) and misclassified ones 2.34% (n = 600): 84.62% larger for correct predictions [70.12, 99.12] (95% interval of the difference in means), so larger SIS go with correct predictions, as in the paper's Figure S3."),
         "{far}"
     );
     assert!(
@@ -602,6 +616,33 @@ fn findings_wording_follows_the_numbers() {
     let mut d = a.clone();
     d.transfer.as_mut().unwrap().accuracy = vec![vec![0.88, 0.86], vec![0.85, 0.9]];
     assert!(findings(&d).contains("the subsets transfer across models"));
+}
+
+/// Correct vs. wrong: the verdict follows the interval of the difference in means.
+#[test]
+fn the_correct_vs_wrong_verdict_follows_the_difference_interval() {
+    let with = |increase: Option<(f64, f64, f64)>| {
+        let mut a = sample();
+        a.correct_vs_wrong[0].increase = increase.map(|(mean, lo, hi)| MeanCi {
+            mean,
+            lo,
+            hi,
+            n: 1700,
+        });
+        findings(&a)
+    };
+    let smaller = with(Some((-0.3, -0.5, -0.1)));
+    assert!(
+        smaller.contains(": 30.00% smaller for correct predictions [-50.00, -10.00] (95% interval of the difference in means), so here misclassified images need larger SIS, unlike the paper's Figure 4."),
+        "{smaller}"
+    );
+    let unclear = with(Some((0.1, -0.2, 0.4)));
+    assert!(
+        unclear.contains(": a change of 10.00% for correct predictions [-20.00, 40.00] (95% interval of the difference in means), which includes 0: no clear difference."),
+        "{unclear}"
+    );
+    let zero = with(None);
+    assert!(zero.contains("no increase to compute"), "{zero}");
 }
 
 /// BS subsets far above random ones: the verdict follows the mask-only control's
@@ -637,8 +678,47 @@ fn the_overinterpretation_verdict_waits_for_the_mask_only_control() {
     // 0.12 → 0.03: the values.
     let values = with_control(0.12);
     assert!(
-        values.contains("finds it in their values, not their shape"),
+        values.contains("in their pixel values, not their shape"),
         "{values}"
+    );
+    // Shape better than the BS subsets (share 1.08) and below chance (share −0.03).
+    let above = with_control(0.90);
+    assert!(
+        above.contains("mostly in where the kept pixels lie"),
+        "{above}"
+    );
+    assert!(
+        above.contains("does better than the BS subsets themselves"),
+        "{above}"
+    );
+    let below = with_control(0.08);
+    assert!(
+        below.contains("in their pixel values, not their shape"),
+        "{below}"
+    );
+    assert!(below.contains("does not beat chance"), "{below}");
+    for text in [&shape, &part, &values, &above, &below] {
+        assert!(
+            !text.contains("cannot tell it from mask-shape leakage"),
+            "{text}"
+        );
+    }
+    // A small gap (BS-trained 36.00% vs random 31.00%) the shape explains: no evidence.
+    let mut a = sample();
+    for r in &mut a.table1 {
+        if r.model == "small-cnn" && r.train_on == "BS 5%" {
+            r.eval_on[0].1.mean = 0.36;
+        }
+    }
+    a.table1.push(Table1Row {
+        model: "small-cnn".into(),
+        train_on: "Mask of BS 5% (control)".into(),
+        eval_on: vec![("BS 5% test".into(), stat(0.35, 0.0, 2))],
+    });
+    let small = findings(&a);
+    assert!(
+        small.contains("the margin is small and the mask-only control below finds it mostly in where the kept pixels lie"),
+        "{small}"
     );
 }
 
