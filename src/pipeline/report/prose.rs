@@ -200,94 +200,12 @@ pub fn findings(a: &Analyses) -> String {
     let mut out: Vec<String> = Vec::new();
     for model in models(a) {
         let mut s = String::new();
-        let full_row = find_row(a, &model, Data::Full);
-        let full_acc = full_row.and_then(|r| eval_on(r, Data::Full));
-        let bs_row = find_row(a, &model, Data::Backselect);
-        let rnd_row = find_row(a, &model, Data::Random);
-        let bs_acc = bs_row.and_then(|r| eval_on(r, Data::Backselect));
-        let rnd_acc = rnd_row.and_then(|r| eval_on(r, Data::Random));
-
-        match (bs_acc, rnd_acc) {
-            (Some(b), Some(r)) => {
-                let _ = write!(
-                    s,
-                    "Trained on only {q}% of pixels chosen by backward selection, {model} reaches {}% test accuracy on such subsets",
-                    pct(b.mean)
-                );
-                if let Some(f) = full_acc {
-                    let _ = write!(s, " (trained and tested on full images: {}%)", pct(f.mean));
-                }
-                let _ = write!(
-                    s,
-                    "; trained on random {q}% subsets it reaches {}%. ",
-                    pct(r.mean)
-                );
-                s.push_str(retrain_verdict(b.mean - r.mean, shape_share(a, &model)));
-            }
-            _ => {
-                if let Some(f) = full_acc {
-                    let _ = write!(
-                        s,
-                        "{model} reaches {}% test accuracy on full images. ",
-                        pct(f.mean)
-                    );
-                }
-            }
-        }
-
+        accuracy_sentences(&mut s, a, &model, q);
         mask_only_sentence(&mut s, a, &model, q);
 
-        if let Some(c) = a.confidence.iter().find(|c| c.model == model) {
-            let orig_bs = full_row.and_then(|r| eval_on(r, Data::Backselect));
-            let _ = write!(
-                s,
-                "In the class it predicts on the full image, the original model's mean confidence is {}% on full test images and {}% on its own {q}% backward-selection subsets (all other pixels masked)",
-                pct(c.full.mean),
-                pct(c.backselect.mean)
-            );
-            if let Some(o) = orig_bs {
-                let _ = write!(s, ", where its accuracy is {}%", pct(o.mean));
-            }
-            let gone = super::super::report_pct(1.0 - a.fraction);
-            let drop = c.full.mean - c.backselect.mean;
-            if drop < 0.0 {
-                let _ = write!(
-                    s,
-                    ": its confidence does not drop at all (it is {} points higher on the subsets) although {gone}% of the pixels are masked",
-                    pct(-drop)
-                );
-            } else if drop <= 0.05 {
-                let _ = write!(
-                    s,
-                    ": its confidence barely drops although {gone}% of the pixels are masked"
-                );
-            } else if c.backselect.mean >= 0.5 {
-                s.push_str(": its confidence stays high although most of the image is gone");
-            } else {
-                s.push_str(": its confidence drops substantially without the rest of the image");
-            }
-            let _ = write!(
-                s,
-                "; on random {q}% subsets it is {}%. ",
-                pct(c.random.mean)
-            );
-        }
+        confidence_sentence(&mut s, a, &model, q);
 
-        if let Some(st) = a.stability.iter().find(|st| st.model == model) {
-            let verdict = if st.jaccard.mean >= 0.9 {
-                "the subsets are chosen by the model, hardly by the tie-break noise"
-            } else if st.jaccard.mean >= 0.5 {
-                "the subsets depend partly on the tie-break noise"
-            } else {
-                "the subsets are largely chosen by the tie-break noise, so single pixels of them mean little"
-            };
-            let _ = write!(
-                s,
-                "Between two noise seeds of gradient BackSelect, its {q}% subsets overlap with a mean Jaccard index of {} over {} test images: {verdict}. ",
-                super::fmt_ratio(st.jaccard.mean),
-                st.jaccard.n
-            );
-        }
+        stability_sentence(&mut s, a, &model, q);
 
         if let Some(cw) = a.correct_vs_wrong.iter().find(|c| c.model == model) {
             correct_vs_wrong_sentence(&mut s, cw, "", "Figure 4");
@@ -304,42 +222,144 @@ pub fn findings(a: &Analyses) -> String {
         }
     }
 
-    if let Some(t) = &a.transfer {
-        let (mut diag, mut off) = (Vec::new(), Vec::new());
-        for (i, src) in t.sources.iter().enumerate() {
-            for (j, ev) in t.evaluators.iter().enumerate() {
-                if let Some(&v) = t.accuracy.get(i).and_then(|r| r.get(j)) {
-                    if src == ev {
-                        diag.push(v);
-                    } else {
-                        off.push(v);
-                    }
-                }
-            }
-        }
-        if !diag.is_empty() && !off.is_empty() {
-            let md = diag.iter().sum::<f64>() / diag.len() as f64;
-            let mo = off.iter().sum::<f64>() / off.len() as f64;
-            let verdict = if md - mo >= FAR_ABOVE {
-                "the subsets are largely specific to the model that selected them"
-            } else {
-                "the subsets transfer across models, so the signal they carry is a property of the data, not of one model"
-            };
-            out.push(format!(
-                "Across models, a model classifies its own backward-selection subsets with {}% mean accuracy and other models' with {}%: {verdict}.",
-                pct(md),
-                pct(mo)
-            ));
-        }
-    }
+    out.extend(transfer_sentence(a));
     if out.is_empty() {
         return "The analyses hold no accuracy or confidence numbers yet, so there are no findings to report.".into();
     }
     out.join(" ")
 }
 
-/// "At threshold τ, correctly classified images need …" with the verdict of the two
-/// 95% intervals; `set` says where ("on the corrupted set, "), `figure` which of the
+/// What the models retrained on BS and on random subsets reach, and the verdict.
+fn accuracy_sentences(s: &mut String, a: &Analyses, model: &str, q: &str) {
+    let full_row = find_row(a, model, Data::Full);
+    let full_acc = full_row.and_then(|r| eval_on(r, Data::Full));
+    let bs_row = find_row(a, model, Data::Backselect);
+    let rnd_row = find_row(a, model, Data::Random);
+    let bs_acc = bs_row.and_then(|r| eval_on(r, Data::Backselect));
+    let rnd_acc = rnd_row.and_then(|r| eval_on(r, Data::Random));
+
+    match (bs_acc, rnd_acc) {
+        (Some(b), Some(r)) => {
+            let _ = write!(
+                s,
+                "Trained on only {q}% of pixels chosen by backward selection, {model} reaches {}% test accuracy on such subsets",
+                pct(b.mean)
+            );
+            if let Some(f) = full_acc {
+                let _ = write!(s, " (trained and tested on full images: {}%)", pct(f.mean));
+            }
+            let _ = write!(
+                s,
+                "; trained on random {q}% subsets it reaches {}%. ",
+                pct(r.mean)
+            );
+            s.push_str(retrain_verdict(b.mean - r.mean, shape_share(a, model)));
+        }
+        _ => {
+            if let Some(f) = full_acc {
+                let _ = write!(
+                    s,
+                    "{model} reaches {}% test accuracy on full images. ",
+                    pct(f.mean)
+                );
+            }
+        }
+    }
+}
+
+/// The original model's confidence on full images and on its own BS subsets.
+fn confidence_sentence(s: &mut String, a: &Analyses, model: &str, q: &str) {
+    let full_row = find_row(a, model, Data::Full);
+    if let Some(c) = a.confidence.iter().find(|c| c.model == model) {
+        let orig_bs = full_row.and_then(|r| eval_on(r, Data::Backselect));
+        let _ = write!(
+            s,
+            "In the class it predicts on the full image, the original model's mean confidence is {}% on full test images and {}% on its own {q}% backward-selection subsets (all other pixels masked)",
+            pct(c.full.mean),
+            pct(c.backselect.mean)
+        );
+        if let Some(o) = orig_bs {
+            let _ = write!(s, ", where its accuracy is {}%", pct(o.mean));
+        }
+        let gone = super::super::report_pct(1.0 - a.fraction);
+        let drop = c.full.mean - c.backselect.mean;
+        if drop < 0.0 {
+            let _ = write!(
+                s,
+                ": its confidence does not drop at all (it is {} points higher on the subsets) although {gone}% of the pixels are masked",
+                pct(-drop)
+            );
+        } else if drop <= 0.05 {
+            let _ = write!(
+                s,
+                ": its confidence barely drops although {gone}% of the pixels are masked"
+            );
+        } else if c.backselect.mean >= 0.5 {
+            s.push_str(": its confidence stays high although most of the image is gone");
+        } else {
+            s.push_str(": its confidence drops substantially without the rest of the image");
+        }
+        let _ = write!(
+            s,
+            "; on random {q}% subsets it is {}%. ",
+            pct(c.random.mean)
+        );
+    }
+}
+
+/// The subsets' stability between two noise seeds (gradient method).
+fn stability_sentence(s: &mut String, a: &Analyses, model: &str, q: &str) {
+    if let Some(st) = a.stability.iter().find(|st| st.model == model) {
+        let verdict = if st.jaccard.mean >= 0.9 {
+            "the subsets are chosen by the model, hardly by the tie-break noise"
+        } else if st.jaccard.mean >= 0.5 {
+            "the subsets depend partly on the tie-break noise"
+        } else {
+            "the subsets are largely chosen by the tie-break noise, so single pixels of them mean little"
+        };
+        let _ = write!(
+            s,
+            "Between two noise seeds of gradient BackSelect, its {q}% subsets overlap with a mean Jaccard index of {} over {} test images: {verdict}. ",
+            super::fmt_ratio(st.jaccard.mean),
+            st.jaccard.n
+        );
+    }
+}
+
+/// How well the subsets transfer between models (§4.1), when there are several.
+fn transfer_sentence(a: &Analyses) -> Option<String> {
+    let t = a.transfer.as_ref()?;
+    let (mut diag, mut off) = (Vec::new(), Vec::new());
+    for (i, src) in t.sources.iter().enumerate() {
+        for (j, ev) in t.evaluators.iter().enumerate() {
+            if let Some(&v) = t.accuracy.get(i).and_then(|r| r.get(j)) {
+                if src == ev {
+                    diag.push(v);
+                } else {
+                    off.push(v);
+                }
+            }
+        }
+    }
+    if diag.is_empty() || off.is_empty() {
+        return None;
+    }
+    let md = diag.iter().sum::<f64>() / diag.len() as f64;
+    let mo = off.iter().sum::<f64>() / off.len() as f64;
+    let verdict = if md - mo >= FAR_ABOVE {
+        "the subsets are largely specific to the model that selected them"
+    } else {
+        "the subsets transfer across models, so the signal they carry is a property of the data, not of one model"
+    };
+    Some(format!(
+        "Across models, a model classifies its own backward-selection subsets with {}% mean accuracy and other models' with {}%: {verdict}.",
+        pct(md),
+        pct(mo)
+    ))
+}
+
+/// "At threshold τ, correctly classified images need …" with the verdict of the 95%
+/// interval of the difference in means; `set` says where ("on the corrupted set, "), `figure` which of the
 /// paper's figures found larger SIS for correct predictions.
 fn correct_vs_wrong_sentence(s: &mut String, cw: &CorrectVsWrong, set: &str, figure: &str) {
     let (Some(c), Some(w)) = (&cw.correct, &cw.wrong) else {
