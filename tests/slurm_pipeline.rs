@@ -231,7 +231,6 @@ fn array_tasks(conf: &Path, array_job: u64) -> Vec<u64> {
 }
 
 #[test]
-#[ignore = "long (an embedded and a Slurm pipeline run, ~10 min on 2 cores): run with scripts/test-long"]
 fn planted_pipeline_on_slurm_equals_embedded_and_resumes_a_cancelled_sis_stage() {
     if !may_run() {
         return;
