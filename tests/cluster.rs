@@ -920,9 +920,9 @@ impl RssWatch {
 
     /// (peak anonymous, peak file-backed) RSS in KiB.
     fn stop(mut self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::SeqCst;
         self.halt();
-        (self.peaks[0].load(SeqCst), self.peaks[1].load(SeqCst))
+        let peak = |i: usize| self.peaks[i].load(std::sync::atomic::Ordering::SeqCst);
+        (peak(0), peak(1))
     }
 
     fn halt(&mut self) {

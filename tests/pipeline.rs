@@ -299,8 +299,8 @@ fn check_figure_s3(out: &Path, report: &str) {
 
 /// SIS sizes (fractions of the image) at `tau` of the store's correctly and wrongly
 /// predicted images, by FindSIS over blocks written out here (it checks the path from
-/// store to report; FindSIS itself is checked against scripts/reference_sis.py): the SIS is the
-/// fewest last-removed steps whose pixels alone keep `f ≥ tau` (`f` with steps
+/// store to report; FindSIS itself is checked against scripts/reference_sis.py): the
+/// SIS is the fewest last-removed steps whose pixels alone keep `f ≥ tau` (`f` with steps
 /// `j..` kept is the history after step `j − 1`, the full image's for `j = 0`;
 /// none kept, `j = steps`, is allowed when the fully masked image keeps it).
 fn sis_sizes(store: &StoreReader, tau: f32) -> (Vec<f64>, Vec<f64>) {
@@ -456,17 +456,8 @@ fn a_corrupted_set_of_another_shape_is_refused_before_any_stage() {
     labels.extend(0..10u8);
     std::fs::write(corrupted.join("t10k-images-idx3-ubyte"), images).unwrap();
     std::fs::write(corrupted.join("t10k-labels-idx1-ubyte"), labels).unwrap();
-    let spec = dir.path().join("spec.toml");
-    let text = std::fs::read_to_string(&spec).unwrap().replacen(
-        "local_workers = 2\n",
-        &format!(
-            "local_workers = 2\ncorrupted = \"mnist:{}\"\n",
-            corrupted.display()
-        ),
-        1,
-    );
-    std::fs::write(&spec, text).unwrap();
-    let out = pipeline(&spec).output().unwrap();
+    common::planted::name_corrupted(dir.path(), &corrupted);
+    let out = pipeline(&dir.path().join("spec.toml")).output().unwrap();
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted a 14×14 corrupted set");
     assert!(

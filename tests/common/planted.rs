@@ -32,6 +32,11 @@ pub fn write_corrupted_idx(dir: &Path, n: usize, seed: u64) {
 pub fn add_corrupted(dir: &Path) {
     let corrupted = dir.join("corrupted");
     write_corrupted_idx(&corrupted, 100, 3);
+    name_corrupted(dir, &corrupted);
+}
+
+/// Names the MNIST-format directory `corrupted` as the corrupted set in `dir/spec.toml`.
+pub fn name_corrupted(dir: &Path, corrupted: &Path) {
     let spec = dir.join("spec.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
     let anchor = "local_workers = 2\n";
