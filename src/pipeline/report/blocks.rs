@@ -42,8 +42,41 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
     )));
     b.push(Block::Heading(2, "Findings".into()));
     b.push(Block::Paragraph(findings(a)));
+    table1_blocks(&mut b, a, &q);
+    if !a.corruption.is_empty() {
+        corruption_blocks(&mut b, a);
+    }
+    stability_blocks(&mut b, a, &q);
+    confidence_blocks(&mut b, a, &q);
+    sis_size_blocks(&mut b, a);
+    correct_vs_wrong_table(
+        &mut b,
+        &a.correct_vs_wrong,
+        "SIS size of correct vs. wrong predictions (Figure 4 analog)",
+        "test images",
+    );
+    correct_vs_wrong_table(
+        &mut b,
+        &a.corrupted_correct_vs_wrong,
+        "SIS size of correct vs. wrong predictions on the corrupted set (Figure S3 analog)",
+        "images of the corrupted test set",
+    );
+    transfer_blocks(&mut b, a);
+    b.push(Block::Heading(2, "Figures".into()));
+    for (src, caption) in figs {
+        b.push(Block::Figure {
+            src: src.clone(),
+            caption: caption.clone(),
+            size: None,
+        });
+    }
+    gallery_blocks(&mut b, a, dir);
+    settings_blocks(&mut b, a, &q);
+    b
+}
 
-    // Table 1 analog.
+/// The Table 1 analog: accuracy of every model on every evaluation set.
+fn table1_blocks(b: &mut Vec<Block>, a: &Analyses, q: &str) {
     let mut evals: Vec<String> = Vec::new();
     for r in &a.table1 {
         for (e, _) in &r.eval_on {
@@ -86,12 +119,10 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
             .collect();
         b.push(Block::Table { header, rows });
     }
+}
 
-    if !a.corruption.is_empty() {
-        corruption_blocks(&mut b, a);
-    }
-    stability_blocks(&mut b, a, &q);
-
+/// The original model's mean confidence on full images and on its subsets.
+fn confidence_blocks(b: &mut Vec<Block>, a: &Analyses, q: &str) {
     if !a.confidence.is_empty() {
         b.push(Block::Heading(2, "Confidence of the original model".into()));
         b.push(Block::Paragraph(
@@ -120,7 +151,10 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
                 .collect(),
         });
     }
+}
 
+/// The Figure 5 analog: mean SIS size at each threshold, one column per model.
+fn sis_size_blocks(b: &mut Vec<Block>, a: &Analyses) {
     if !a.sis_size.is_empty() {
         b.push(Block::Heading(
             2,
@@ -162,20 +196,10 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
             .collect();
         b.push(Block::Table { header, rows });
     }
+}
 
-    correct_vs_wrong_table(
-        &mut b,
-        &a.correct_vs_wrong,
-        "SIS size of correct vs. wrong predictions (Figure 4 analog)",
-        "test images",
-    );
-    correct_vs_wrong_table(
-        &mut b,
-        &a.corrupted_correct_vs_wrong,
-        "SIS size of correct vs. wrong predictions on the corrupted set (Figure S3 analog)",
-        "images of the corrupted test set",
-    );
-
+/// Accuracy of each model on the backselect subsets selected by another (§4.1).
+fn transfer_blocks(b: &mut Vec<Block>, a: &Analyses) {
     if let Some(t) = &a.transfer {
         b.push(Block::Heading(
             2,
@@ -203,16 +227,10 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
             .collect();
         b.push(Block::Table { header, rows });
     }
+}
 
-    b.push(Block::Heading(2, "Figures".into()));
-    for (src, caption) in figs {
-        b.push(Block::Figure {
-            src: src.clone(),
-            caption: caption.clone(),
-            size: None,
-        });
-    }
-
+/// The Figure 1 analog: one gallery figure per model and threshold.
+fn gallery_blocks(b: &mut Vec<Block>, a: &Analyses, dir: &Path) {
     if !a.galleries.is_empty() {
         b.push(Block::Heading(2, "SIS galleries (Figure 1 analog)".into()));
         for g in &a.galleries {
@@ -247,7 +265,10 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
             });
         }
     }
+}
 
+/// The run's settings and the spec that produced the report.
+fn settings_blocks(b: &mut Vec<Block>, a: &Analyses, q: &str) {
     b.push(Block::Heading(2, "Settings".into()));
     let mut rows = vec![
         vec!["dataset".to_string(), a.dataset.clone()],
@@ -268,7 +289,6 @@ pub(super) fn build_blocks(a: &Analyses, dir: &Path, figs: &[(String, String)]) 
         lang: "toml".into(),
         text: a.spec.clone(),
     });
-    b
 }
 
 /// The corrupted test set per corruption and severity: one row per group, one
