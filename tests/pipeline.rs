@@ -53,32 +53,9 @@ fn planted_shortcut_is_found_learned_and_reported() {
     let status = pipeline(&dir.path().join("spec.toml")).status().unwrap();
     assert!(status.success());
 
-    // 1. BS subsets (1% of 784 = 8 pixels) hold the planted pixels of the label
-    //    for most correctly classified test images.
+    // 1. BS subsets hold the planted pixels of the label.
     let store = StoreReader::open(stage_dir(&out, "sis-cnn-test").join("store")).unwrap();
-    let (mut hits, mut total) = (0, 0);
-    for rec in store.iter() {
-        let rec = rec.unwrap();
-        if rec.predicted != rec.label {
-            continue;
-        }
-        let kept = store.top_fraction_pixels(rec.index, 0.01).unwrap();
-        total += 1;
-        if planted(rec.label as usize)
-            .iter()
-            .all(|p| kept.contains(&(*p as u32)))
-        {
-            hits += 1;
-        }
-    }
-    assert!(
-        total >= 100,
-        "the model should classify most images correctly ({total} of 200)"
-    );
-    assert!(
-        hits as f64 >= 0.8 * total as f64,
-        "planted pixels in BS subsets of {hits} of {total} images"
-    );
+    check_planted_pixels_in_subsets(&store);
 
     // 2. Retrained on BS subsets ≫ retrained on random subsets (on their own test subsets).
     let analyses = json(&out.join("report/analyses.json"));
@@ -108,13 +85,62 @@ fn planted_shortcut_is_found_learned_and_reported() {
         "BS-trained {bs}, random-trained {random}"
     );
 
-    // 3. Every Table 1 cell of report.md is recomputed here from the evaluation
-    //    stages' done.json files: one model → accuracy [Wilson 95% interval over the
-    //    test images]; two replicates → mean (min–max). The mask-only control has no
-    //    full-image or corrupted cell; every row has the agreement with the original
-    //    model.
+    // 3. Every Table 1 cell of report.md, recomputed from the evaluation stages.
     let report = std::fs::read_to_string(out.join("report/report.md")).unwrap();
-    let groups = eval_groups(&out);
+    check_table1_rows(&out, &report);
+
+    // 4. Agreement, against an independent `overinterp eval`.
+    check_agreement(dir.path(), &out, &store);
+
+    // 5. The mask-only control and the verdict that follows its share.
+    let mask = acc(&row("Mask of BS 1% (control)"), "BS 1% test");
+    check_mask_only_verdict(bs, mask, &report);
+
+    // 6. The subsets' stability between two noise seeds is reported.
+    let st = &analyses["stability"][0];
+    assert_eq!(st["jaccard"]["n"], 200);
+    assert!(report.contains("Stability of the backselect subsets"));
+
+    // 7. Figure S3 (the corrupted set's SIS sizes of correct vs. wrong predictions).
+    check_figure_s3(&out, &report);
+    let _ = dir;
+}
+
+/// BS subsets (1% of 784 = 8 pixels) hold the planted pixels of the label
+/// for most correctly classified test images.
+fn check_planted_pixels_in_subsets(store: &StoreReader) {
+    let (mut hits, mut total) = (0, 0);
+    for rec in store.iter() {
+        let rec = rec.unwrap();
+        if rec.predicted != rec.label {
+            continue;
+        }
+        let kept = store.top_fraction_pixels(rec.index, 0.01).unwrap();
+        total += 1;
+        if planted(rec.label as usize)
+            .iter()
+            .all(|p| kept.contains(&(*p as u32)))
+        {
+            hits += 1;
+        }
+    }
+    assert!(
+        total >= 100,
+        "the model should classify most images correctly ({total} of 200)"
+    );
+    assert!(
+        hits as f64 >= 0.8 * total as f64,
+        "planted pixels in BS subsets of {hits} of {total} images"
+    );
+}
+
+/// Every Table 1 cell of report.md is recomputed here from the evaluation
+/// stages' done.json files: one model → accuracy [Wilson 95% interval over the
+/// test images]; two replicates → mean (min–max). The mask-only control has no
+/// full-image or corrupted cell; every row has the agreement with the original
+/// model.
+fn check_table1_rows(out: &Path, report: &str) {
+    let groups = eval_groups(out);
     assert_eq!(
         groups.keys().collect::<Vec<_>>(),
         [
@@ -160,12 +186,14 @@ fn planted_shortcut_is_found_learned_and_reported() {
             "{group}: row {row} is not in report.md:\n{report}"
         );
     }
+}
 
-    // 4. Agreement, checked against an independent evaluation: `overinterp eval` of
-    //    the first BS-retrained replicate on the BS test subsets, its predictions
-    //    compared here with the original model's (the SIS targets in the store).
-    let csv = dir.path().join("bs0.csv");
-    let test_store = stage_dir(&out, "sis-cnn-test").join("store");
+/// Agreement, checked against an independent evaluation: `overinterp eval` of
+/// the first BS-retrained replicate on the BS test subsets, its predictions
+/// compared here with the original model's (the SIS targets in the store).
+fn check_agreement(dir: &Path, out: &Path, store: &StoreReader) {
+    let csv = dir.join("bs0.csv");
+    let test_store = stage_dir(out, "sis-cnn-test").join("store");
     let status = Command::new(env!("CARGO_BIN_EXE_overinterp"))
         .args(["eval", "--model"])
         .arg(
@@ -179,7 +207,7 @@ fn planted_shortcut_is_found_learned_and_reported() {
                 .unwrap(),
         )
         .arg("--data")
-        .arg(format!("mnist:{}", dir.path().join("data").display()))
+        .arg(format!("mnist:{}", dir.join("data").display()))
         .arg("--masks")
         .arg(format!("backselect:{}:0.01", test_store.display()))
         .arg("--predictions")
@@ -202,14 +230,15 @@ fn planted_shortcut_is_found_learned_and_reported() {
             original[&f[0].parse::<u64>().unwrap()] == f[2].parse::<i64>().unwrap()
         })
         .count();
-    let bs0 = json(&stage_dir(&out, "retrain-cnn-backselect-0-eval").join("done.json"));
+    let bs0 = json(&stage_dir(out, "retrain-cnn-backselect-0-eval").join("done.json"));
     assert_eq!(bs0["backselect"]["agree"].as_u64().unwrap() as usize, agree);
+}
 
-    // 5. The planted pixels' positions alone decide the label, so the mask-only
-    //    control learns it from the BS masks' shape: the findings say the shape
-    //    explains (acc_mask − 1/C) / (acc_BS − 1/C) of the BS accuracy, computed
-    //    here from the table's means.
-    let mask = acc(&row("Mask of BS 1% (control)"), "BS 1% test");
+/// The planted pixels' positions alone decide the label, so the mask-only
+/// control learns it from the BS masks' shape: the findings say the shape
+/// explains (acc_mask − 1/C) / (acc_BS − 1/C) of the BS accuracy, computed
+/// here from the table's means.
+fn check_mask_only_verdict(bs: f64, mask: f64, report: &str) {
     assert!(mask > 0.3, "mask-only control reached {mask} (chance 0.1)");
     let share = (mask - 0.1) / (bs - 0.1);
     let sentence = format!(
@@ -220,7 +249,7 @@ fn planted_shortcut_is_found_learned_and_reported() {
         report.contains(&sentence),
         "no \"{sentence}\" in the findings"
     );
-    // BS-trained models are far above random-trained ones (step 2), so the verdict
+    // BS-trained models are far above random-trained ones (the test checks it first), so the verdict
     // on that gap follows the shape's share: at 80% or more it is not called signal
     // in the pixel values.
     let verdict = if share >= 0.8 {
@@ -234,15 +263,6 @@ fn planted_shortcut_is_found_learned_and_reported() {
         report.contains(verdict),
         "no \"{verdict}\" (share {share:.3})"
     );
-
-    // 6. The subsets' stability between two noise seeds is reported.
-    let st = &analyses["stability"][0];
-    assert_eq!(st["jaccard"]["n"], 200);
-    assert!(report.contains("Stability of the backselect subsets"));
-
-    // 7. Figure S3 (the corrupted set's SIS sizes of correct vs. wrong predictions).
-    check_figure_s3(&out, &report);
-    let _ = dir;
 }
 
 /// Figure S3: the corrupted set was BackSelected (its own SIS stage), and the report's
