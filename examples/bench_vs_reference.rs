@@ -13,7 +13,7 @@
 //!
 //! Usage (the script passes these): `bench_vs_reference DIR [--device cpu|cuda]
 //! [--threads N] [--rounds N] [--grad-images N] [--exact-images N] [--exact-steps N]
-//! [--coll-images N] [--screened-full N] [--quick] [--json FILE]`, DIR made by
+//! [--coll-images N] [--screened-full N [--screened-full-only]] [--quick] [--json FILE]`, DIR made by
 //! `scripts/bench_vs_reference_prep.py`.
 
 use std::path::{Path, PathBuf};
@@ -52,6 +52,9 @@ struct Settings {
     /// Images of the whole-run screened (M = 32) vs exact comparison (0: only the
     /// first exact steps are compared; a whole exact run is p(p+1)/2 forwards).
     screened_full: usize,
+    /// Only the whole-run screened comparison (`--screened-full-only`): it needs no
+    /// reference, and its Jaccard does not depend on the machine's load.
+    screened_full_only: bool,
     json: PathBuf,
 }
 
@@ -73,6 +76,7 @@ fn settings() -> anyhow::Result<Settings> {
         coll_k: 32,
         grad_images: 32,
         screened_full: 0,
+        screened_full_only: false,
     };
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -91,6 +95,7 @@ fn settings() -> anyhow::Result<Settings> {
             "--exact-images" => s.exact_images = value()?.parse().context("--exact-images")?,
             "--exact-steps" => s.exact_steps = value()?.parse().context("--exact-steps")?,
             "--screened-full" => s.screened_full = value()?.parse().context("--screened-full")?,
+            "--screened-full-only" => s.screened_full_only = true,
             "--coll-images" => s.coll_images = value()?.parse().context("--coll-images")?,
             "--quick" => {
                 s.grad_images = 4;
@@ -221,12 +226,7 @@ fn agreement_with_reference(traces: &[BackSelectTrace], refr: &Value) -> (usize,
         let theirs: Vec<u32> = serde_json::from_value(r["order"].clone()).unwrap_or_default();
         let tie = r["first_near_tie"].as_u64().map(|x| x as usize);
         let diff = first_difference(&t.order, &theirs);
-        let good = match (diff, tie) {
-            (None, _) => true,
-            (Some(d), Some(t)) => d >= t,
-            (Some(_), None) => false,
-        };
-        ok += usize::from(good);
+        ok += usize::from(agree_up_to(diff, tie));
         lines.push(format!(
             "image {}: first differing step {}, reference's first near-tie {}",
             r["index"],
@@ -235,6 +235,29 @@ fn agreement_with_reference(traces: &[BackSelectTrace], refr: &Value) -> (usize,
         ));
     }
     (ok, lines)
+}
+
+/// Images whose two engine orders (first differences `diffs`) agree up to the
+/// reference's first near-tie on that image: the near-tie the reference found in the
+/// same arithmetic as the unoptimised engine decides where a reordered float sum may
+/// flip a choice.
+fn same_up_to_near_tie(diffs: &[Option<usize>], refr: &Value) -> usize {
+    let images = refr["images"].as_array().cloned().unwrap_or_default();
+    diffs
+        .iter()
+        .zip(&images)
+        .filter(|(d, r)| agree_up_to(**d, r["first_near_tie"].as_u64().map(|t| t as usize)))
+        .count()
+}
+
+/// Whether two orders whose first difference is `diff` agree up to the near-tie `tie`
+/// (a difference at or after the near-tie is allowed; with no near-tie, none is).
+fn agree_up_to(diff: Option<usize>, tie: Option<usize>) -> bool {
+    match (diff, tie) {
+        (None, _) => true,
+        (Some(d), Some(t)) => d >= t,
+        (Some(_), None) => false,
+    }
 }
 
 /// (images whose orders are identical throughout, first differing steps).
@@ -290,6 +313,7 @@ fn candidate_batch_rates(model: &dyn Classifier, x: &Tensor) -> anyhow::Result<V
 
 /// Forward + backward-to-input batches per second at the gradient method's batch, with
 /// the input in NCHW and in channels-last: what decided the gradient path's layout.
+/// `model` must feed its input as it comes (channels-last off).
 fn grad_layout_rates(model: &dyn Classifier, xs: &Tensor) -> anyhow::Result<(f64, f64)> {
     let mut t = [0.0f64; 2];
     let reps = 6;
@@ -463,263 +487,123 @@ fn main() -> anyhow::Result<()> {
     let model_path = s.dir.join("resnet20_fmnist32.pt");
     let spec: data::DatasetSpec = format!("cifar10:{}", s.dir.display()).parse()?;
     let source = data::open_dataset(&spec, Split::Test)?;
-    let shape = [3, 32, 32];
-    let opt = TorchScriptModel::load(&model_path, s.device, shape)?;
-    let mut base = TorchScriptModel::load(&model_path, s.device, shape)?;
+    let opt = TorchScriptModel::load(&model_path, s.device, SHAPE)?;
+    let mut base = TorchScriptModel::load(&model_path, s.device, SHAPE)?;
     base.set_channels_last(false);
-    let eval = Evaluator::new(&opt);
-    let eval_base = Evaluator::new(&base);
     let started_load = uptime();
-    let mut report = Vec::<String>::new();
-    let mut figures = serde_json::Map::new();
     println!(
         "bench-vs-reference: TorchScript ResNet20 ({}), {} threads on both sides, device {:?}; load (1/5/15 min) at start {started_load}",
         model_path.display(),
         s.threads,
         s.device
     );
-
-    // --- levers measured: candidate batch size and gradient input layout ---------
-    let g = batch(source.as_ref(), &eval, s.grad_images)?;
-    let rates = candidate_batch_rates(&opt, &g.xs)?;
-    let best = rates
-        .iter()
-        .copied()
-        .fold((256, 0.0), |a, b| if b.1 > a.1 { b } else { a })
-        .0;
-    println!(
-        "candidate batch (no-grad forwards, channels-last): {}; chosen {best}",
-        rates
-            .iter()
-            .map(|(b, r)| format!("{b}: {r:.0} img/s"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let (nchw, nhwc) = grad_layout_rates(&opt, &g.xs)?;
-    println!("gradient step layout (fwd+bwd to input, batch {}): NCHW {nchw:.2} it/s, channels-last {nhwc:.2} it/s", s.grad_images);
-    figures.insert("candidate_batch_rates".into(), json!(rates));
-    figures.insert("candidate_batch".into(), json!(best));
-    figures.insert(
-        "grad_layout_its".into(),
-        json!({"nchw": nchw, "channels_last": nhwc}),
-    );
-
-    // --- gradient k = 1 --------------------------------------------------------------
-    let steps = 1024;
-    let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
-    let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
-    for round in 0..s.rounds {
-        let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
-            let (secs, v) = reference(
-                &s,
-                &model_path,
-                &g.indices,
-                &[
-                    "--method".into(),
-                    "gradient".into(),
-                    "--k".into(),
-                    "1".into(),
-                ],
-            )?;
-            *refr = v;
-            Ok(secs)
-        };
-        if round % 2 == 1 {
-            t_ref += run_ref(&mut refr)?;
-        }
-        let (secs, tr) = ours_backselect(&eval, &g, Method::Gradient { k: 1 }, best, None)?;
-        t_ours += secs;
-        tr_ours = tr;
-        if round % 2 == 0 {
-            t_ref += run_ref(&mut refr)?;
-        }
-        let (secs, tr) = ours_backselect(&eval_base, &g, Method::Gradient { k: 1 }, 256, None)?;
-        t_base += secs;
-        tr_base = tr;
-    }
-    let n = s.rounds as f64;
-    let full_step_secs = t_ours / n / steps as f64;
-    let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
-    let (same, diffs) = agreement_between(&tr_ours, &tr_base);
-    report.push(row(
-        &format!("gradient k=1, {} images × {steps} steps", g.indices.len()),
-        t_ours / n,
-        t_ref / n,
-        "s",
-    ));
-    report.push(row(
-        "  unoptimised engine (levers off) vs reference",
-        t_base / n,
-        t_ref / n,
-        "s",
-    ));
-    println!("\ngradient k=1 agreement:");
-    println!("  with the reference (near-tie = two deciding scores within 1e-5): {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
-    for l in &lines {
-        println!("    {l}");
-    }
-    println!(
-        "  optimized vs unoptimised engine: {same} of {} orders identical throughout; first differing steps {:?}",
-        tr_ours.len(),
-        diffs.iter().filter_map(|d| *d).collect::<Vec<_>>()
-    );
-    figures.insert("gradient_k1".into(), json!({
-        "images": g.indices.len(), "steps": steps, "ours_s": t_ours / n, "unoptimised_s": t_base / n,
-        "reference_s": t_ref / n, "ratio": t_ref / t_ours, "agree_with_reference": ok_ref,
-        "identical_to_unoptimised": same, "first_differences_vs_unoptimised": diffs,
-    }));
-
-    // --- exact BackSelect steps per second ---------------------------------------------
-    let e = batch(source.as_ref(), &eval, s.exact_images)?;
-    let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
-    let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
-    let rounds = s.rounds.max(2);
-    for round in 0..rounds {
-        let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
-            let (secs, v) = reference(
-                &s,
-                &model_path,
-                &e.indices,
-                &[
-                    "--method".into(),
-                    "exact".into(),
-                    "--max-steps".into(),
-                    s.exact_steps.to_string(),
-                    "--batch".into(),
-                    best.to_string(),
-                ],
-            )?;
-            *refr = v;
-            Ok(secs)
-        };
-        if round % 2 == 1 {
-            t_ref += run_ref(&mut refr)?;
-        }
-        let (secs, tr) = ours_backselect(&eval, &e, Method::Exact, best, Some(s.exact_steps))?;
-        t_ours += secs;
-        tr_ours = tr;
-        if round % 2 == 0 {
-            t_ref += run_ref(&mut refr)?;
-        }
-        let (secs, tr) = ours_backselect(&eval_base, &e, Method::Exact, 256, Some(s.exact_steps))?;
-        t_base += secs;
-        tr_base = tr;
-    }
-    let steps_total = (s.exact_steps * e.indices.len() * rounds) as f64;
-    let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
-    let (same, diffs) = agreement_between(&tr_ours, &tr_base);
-    let what = format!(
-        "exact BackSelect, {} images × {} steps: steps/s",
-        e.indices.len(),
-        s.exact_steps
-    );
-    report.push(row(
-        &what,
-        steps_total / t_ours,
-        steps_total / t_ref,
-        "steps/s",
-    ));
-    report.push(row(
-        "  unoptimised engine (levers off) vs reference",
-        steps_total / t_base,
-        steps_total / t_ref,
-        "steps/s",
-    ));
-    println!("\nexact agreement (near-tie = two best candidates' L within 1e-6):");
-    println!("  with the reference: {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
-    for l in &lines {
-        println!("    {l}");
-    }
-    println!("  optimized vs unoptimised engine: {same} of {} orders identical; first differing steps {:?}",
-        tr_ours.len(), diffs.iter().filter_map(|d| *d).collect::<Vec<_>>());
-    figures.insert("exact".into(), json!({
-        "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / t_ours,
-        "unoptimised_steps_per_s": steps_total / t_base, "reference_steps_per_s": steps_total / t_ref,
-        "ratio": t_ref / t_ours, "agree_with_reference": ok_ref, "identical_to_unoptimised": same,
-    }));
-
-    // --- screened exact (M = 32) against exact: the same first steps -------------------
-    let m = 32u32;
-    let mut t_sc = 0.0;
-    let mut tr_sc = Vec::new();
-    for _ in 0..rounds {
-        let (secs, tr) = ours_backselect(
-            &eval,
-            &e,
-            Method::Screened { screen: m },
-            best,
-            Some(s.exact_steps),
-        )?;
-        t_sc += secs;
-        tr_sc = tr;
-    }
-    let (same_sc, diffs_sc) = agreement_between(&tr_sc, &tr_ours);
-    let p = (e.xs.size()[2] * e.xs.size()[3]) as f64;
-    let measured = t_ours / t_sc;
-    // Exact's step t tries p − t candidates: the measured steps are its dearest; a whole
-    // run averages (p + 1) / 2 candidates per step.
-    let mean_measured = p - (s.exact_steps as f64 - 1.0) / 2.0;
-    let projected = measured * ((p + 1.0) / 2.0) / mean_measured;
-    report.push(row(
-        &format!(
-            "screened M={m} vs exact, first {} steps: steps/s",
-            s.exact_steps
-        ),
-        steps_total / t_sc,
-        steps_total / t_ours,
-        "steps/s",
-    ));
-    println!(
-        "\nscreened M={m} vs exact over the same first {} steps of {} images: {measured:.2}× exact's speed (projected over a whole \
-         run, where exact averages (p+1)/2 candidates per step: {projected:.2}×); {same_sc} of {} orders identical to exact's; \
-         first differing steps {:?}",
-        s.exact_steps, e.indices.len(), tr_sc.len(), diffs_sc.iter().filter_map(|d| *d).collect::<Vec<_>>()
-    );
-    figures.insert(
-        "screened_first_steps".into(),
-        json!({
-            "m": m, "steps": s.exact_steps, "images": e.indices.len(), "speedup_measured": measured,
-            "speedup_projected_whole_run": projected, "identical_to_exact": same_sc,
-        }),
-    );
-    if s.screened_full > 0 {
-        screened_full(&s, &opt, source.as_ref(), best, &mut figures, &mut report)?;
-    }
-
-    // --- SIS collections at τ = 0.3 and 0.9 ----------------------------------------------
-    let taus = [0.3f32, 0.9];
-    let c_indices: Vec<u64> = (0..s.coll_images as u64).collect();
-    let params = SisParams {
-        method: Method::Gradient { k: s.coll_k },
-        thresholds: taus.to_vec(),
-        batch_size: 32,
-        candidate_batch: best,
-        collection: true,
-        ..SisParams::default()
+    let mut b = Bench {
+        s: &s,
+        model_path,
+        source: source.as_ref(),
+        opt: &opt,
+        eval: Evaluator::new(&opt),
+        eval_base: Evaluator::new(&base),
+        best: 256,
+        report: Vec::new(),
+        figures: serde_json::Map::new(),
     };
-    for &tau in &taus {
-        let p = SisParams {
-            thresholds: vec![tau],
-            ..params.clone()
-        };
-        let (mut t_ours, mut t_ref) = (0.0, 0.0);
-        let mut recs: Vec<ImageSis> = Vec::new();
-        let mut refr = Value::Null;
+    let g = batch(b.source, &b.eval, s.grad_images)?;
+    b.levers(&g, &base)?;
+    if !s.screened_full_only {
+        let full_step_secs = b.gradient_k1(&g)?;
+        b.exact_and_screened_first_steps()?;
+        if s.screened_full > 0 {
+            b.screened_full()?;
+        }
+        let params = b.collections()?;
+        b.collection_profile(&params, full_step_secs)?;
+    } else {
+        b.screened_full()?;
+    }
+    finish(&s, &started_load, &b.report, b.figures)
+}
+
+/// The model's input shape: Fashion-MNIST laid out as 32×32×3.
+const SHAPE: [i64; 3] = [3, 32, 32];
+
+/// What every workload shares: the settings, the model (optimized and with the levers
+/// off), the images, the measured candidate batch, and the figures gathered so far.
+struct Bench<'a> {
+    s: &'a Settings,
+    model_path: PathBuf,
+    source: &'a dyn ImageSource,
+    opt: &'a TorchScriptModel,
+    eval: Evaluator<'a>,
+    eval_base: Evaluator<'a>,
+    /// The candidate batch, measured by [`Bench::levers`].
+    best: usize,
+    report: Vec<String>,
+    figures: serde_json::Map<String, Value>,
+}
+
+impl Bench<'_> {
+    /// See the free function [`screened_full`].
+    fn screened_full(&mut self) -> anyhow::Result<()> {
+        screened_full(
+            self.s,
+            self.opt,
+            self.source,
+            self.best,
+            &mut self.figures,
+            &mut self.report,
+        )
+    }
+
+    /// Measures the levers: the candidate batch (kept in `best`) and the gradient
+    /// step's input layout.
+    fn levers(&mut self, g: &Batch, base: &TorchScriptModel) -> anyhow::Result<()> {
+        let rates = candidate_batch_rates(self.opt, &g.xs)?;
+        self.best = rates
+            .iter()
+            .copied()
+            .fold((256, 0.0), |a, b| if b.1 > a.1 { b } else { a })
+            .0;
+        println!(
+            "candidate batch (no-grad forwards, channels-last): {}; chosen {}",
+            rates
+                .iter()
+                .map(|(b, r)| format!("{b}: {r:.0} img/s"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.best
+        );
+        let (nchw, nhwc) = grad_layout_rates(base, &g.xs)?;
+        println!("gradient step layout (fwd+bwd to input, batch {}): NCHW {nchw:.2} it/s, channels-last {nhwc:.2} it/s", self.s.grad_images);
+        self.figures
+            .insert("candidate_batch_rates".into(), json!(rates));
+        self.figures
+            .insert("candidate_batch".into(), json!(self.best));
+        self.figures.insert(
+            "grad_layout_its".into(),
+            json!({"nchw": nchw, "channels_last": nhwc}),
+        );
+        Ok(())
+    }
+
+    /// Gradient k = 1 against the reference and the unoptimised engine; returns the
+    /// engine's seconds per full step.
+    fn gradient_k1(&mut self, g: &Batch) -> anyhow::Result<f64> {
+        let s = self.s;
+        let steps = 1024;
+        let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
+        let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
         for round in 0..s.rounds {
             let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
                 let (secs, v) = reference(
-                    &s,
-                    &model_path,
-                    &c_indices,
+                    s,
+                    &self.model_path,
+                    &g.indices,
                     &[
                         "--method".into(),
                         "gradient".into(),
                         "--k".into(),
-                        s.coll_k.to_string(),
-                        "--thresholds".into(),
-                        tau.to_string(),
-                        "--batch".into(),
-                        best.to_string(),
+                        "1".into(),
                     ],
                 )?;
                 *refr = v;
@@ -728,122 +612,362 @@ fn main() -> anyhow::Result<()> {
             if round % 2 == 1 {
                 t_ref += run_ref(&mut refr)?;
             }
-            recs.clear();
-            let start = Instant::now();
-            run_sis(
-                &opt,
-                source.as_ref(),
-                &c_indices,
-                &p,
-                |r| {
-                    recs.push(r);
-                    Ok::<_, std::io::Error>(())
-                },
-                &AtomicBool::new(false),
-            )?;
-            t_ours += start.elapsed().as_secs_f64();
+            let (secs, tr) =
+                ours_backselect(&self.eval, g, Method::Gradient { k: 1 }, self.best, None)?;
+            t_ours += secs;
+            tr_ours = tr;
             if round % 2 == 0 {
                 t_ref += run_ref(&mut refr)?;
             }
+            let (secs, tr) =
+                ours_backselect(&self.eval_base, g, Method::Gradient { k: 1 }, 256, None)?;
+            t_base += secs;
+            tr_base = tr;
         }
-        let images = refr["images"].as_array().cloned().unwrap_or_default();
-        let (mut compared, mut identical, mut n_ours, mut n_ref) = (0, 0, 0usize, 0usize);
-        for (rec, r) in recs.iter().zip(&images) {
-            let c = &r["collections"][format!("{tau}")];
-            let theirs: Vec<Vec<u32>> =
-                serde_json::from_value(c["sis"].clone()).unwrap_or_default();
-            let mine = &rec.collections[0].sis;
-            n_ours += mine.len();
-            n_ref += theirs.len();
-            if c["near_tie"] == Value::Bool(false) {
-                compared += 1;
-                identical += usize::from(*mine == theirs);
-            }
-        }
-        let per_img = |t: f64| s.coll_images as f64 * s.rounds as f64 / t;
-        report.push(row(
-            &format!(
-                "collection τ={tau}, gradient k={}, {} images: img/s",
-                s.coll_k, s.coll_images
-            ),
-            per_img(t_ours),
-            per_img(t_ref),
-            "img/s",
+        let n = s.rounds as f64;
+        let full_step_secs = t_ours / n / steps as f64;
+        let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
+        let (same, diffs) = agreement_between(&tr_ours, &tr_base);
+        self.report.push(row(
+            &format!("gradient k=1, {} images × {steps} steps", g.indices.len()),
+            t_ours / n,
+            t_ref / n,
+            "s",
         ));
-        println!("\ncollection τ={tau}: {n_ours} SISes (engine) vs {n_ref} (reference) over {} images; \
-                  {compared} collections free of near-ties on the reference's side, {identical} of them identical",
-                 s.coll_images);
-        figures.insert(format!("collection_tau_{tau}"), json!({
-            "images": s.coll_images, "k": s.coll_k, "ours_images_per_s": per_img(t_ours),
-            "reference_images_per_s": per_img(t_ref), "sis_ours": n_ours, "sis_reference": n_ref,
-            "compared": compared, "identical": identical,
+        self.report.push(row(
+            "  unoptimised engine (levers off) vs reference",
+            t_base / n,
+            t_ref / n,
+            "s",
+        ));
+        println!("\ngradient k=1 agreement:");
+        println!("  with the reference (near-tie = two deciding scores within 1e-5): {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
+        for l in &lines {
+            println!("    {l}");
+        }
+        let same_to_tie = same_up_to_near_tie(&diffs, &refr);
+        println!(
+            "  optimized vs unoptimised engine: {same} of {} orders identical throughout, {same_to_tie} up to the reference's first near-tie; first differing steps {:?}",
+            tr_ours.len(),
+            diffs.iter().filter_map(|d| *d).collect::<Vec<_>>()
+        );
+        self.figures.insert("gradient_k1".into(), json!({
+            "images": g.indices.len(), "steps": steps, "ours_s": t_ours / n, "unoptimised_s": t_base / n,
+            "reference_s": t_ref / n, "ratio": t_ref / t_ours, "agree_with_reference": ok_ref,
+            "identical_to_unoptimised": same, "first_differences_vs_unoptimised": diffs,
+            "identical_to_unoptimised_up_to_near_tie": same_to_tie,
         }));
+        Ok(full_step_secs)
     }
 
-    // --- where a collection's time goes (τ = 0.3) ------------------------------------
-    let p03 = SisParams {
-        thresholds: vec![0.3],
-        ..params.clone()
-    };
-    let counting = Counting::new(TorchScriptModel::load(&model_path, s.device, shape)?);
-    // (seconds, gradient passes and their images, no-grad forwards and their images,
-    // seconds in the no-grad forwards)
-    #[allow(clippy::type_complexity)]
-    let profile = |p: &SisParams| -> anyhow::Result<(f64, (u64, u64), (u64, u64), f64)> {
-        let (g, n, ns) = (
-            Counting::get(&counting.grad),
-            Counting::get(&counting.nograd),
-            *counting.nograd_secs.lock().unwrap(),
+    /// Exact BackSelect steps per second against the reference and the unoptimised
+    /// engine, and screened (M = 32) over the same first steps.
+    fn exact_and_screened_first_steps(&mut self) -> anyhow::Result<()> {
+        let s = self.s;
+        let e = batch(self.source, &self.eval, s.exact_images)?;
+        let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
+        let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
+        let rounds = s.rounds.max(2);
+        for round in 0..rounds {
+            let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
+                let (secs, v) = reference(
+                    s,
+                    &self.model_path,
+                    &e.indices,
+                    &[
+                        "--method".into(),
+                        "exact".into(),
+                        "--max-steps".into(),
+                        s.exact_steps.to_string(),
+                        "--batch".into(),
+                        self.best.to_string(),
+                    ],
+                )?;
+                *refr = v;
+                Ok(secs)
+            };
+            if round % 2 == 1 {
+                t_ref += run_ref(&mut refr)?;
+            }
+            let (secs, tr) = ours_backselect(
+                &self.eval,
+                &e,
+                Method::Exact,
+                self.best,
+                Some(s.exact_steps),
+            )?;
+            t_ours += secs;
+            tr_ours = tr;
+            if round % 2 == 0 {
+                t_ref += run_ref(&mut refr)?;
+            }
+            let (secs, tr) =
+                ours_backselect(&self.eval_base, &e, Method::Exact, 256, Some(s.exact_steps))?;
+            t_base += secs;
+            tr_base = tr;
+        }
+        let steps_total = (s.exact_steps * e.indices.len() * rounds) as f64;
+        let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
+        let (same, diffs) = agreement_between(&tr_ours, &tr_base);
+        let what = format!(
+            "exact BackSelect, {} images × {} steps: steps/s",
+            e.indices.len(),
+            s.exact_steps
         );
-        let start = Instant::now();
-        run_sis(
-            &counting,
-            source.as_ref(),
-            &c_indices,
-            p,
-            |_| Ok::<_, std::io::Error>(()),
-            &AtomicBool::new(false),
-        )?;
-        let secs = start.elapsed().as_secs_f64();
-        let (g2, n2) = (
-            Counting::get(&counting.grad),
-            Counting::get(&counting.nograd),
-        );
-        let ns2 = *counting.nograd_secs.lock().unwrap();
-        Ok((
-            secs,
-            (g2.0 - g.0, g2.1 - g.1),
-            (n2.0 - n.0, n2.1 - n.1),
-            ns2 - ns,
-        ))
-    };
-    profile(&SisParams {
-        collection: false,
-        ..p03.clone()
-    })?; // warm-up
-    let (t_first, (g0, _), _, _) = profile(&SisParams {
-        collection: false,
-        ..p03.clone()
-    })?;
-    let (t_all, (gc, gi), (nc, ni), ns) = profile(&p03)?;
-    let full = gi as f64 / s.grad_images as f64 * full_step_secs;
-    println!(
-        "\ncollection τ=0.3, where the time goes ({} images, k={}): the first BackSelect with FindSIS and checks \
-         {t_first:.1} s ({g0} gradient steps); the whole collection {t_all:.1} s: {gc} gradient steps over {gi} images \
-         (mean batch {:.1}), {nc} no-grad forwards of {ni} images taking {ns:.1} s; at the cost of a full \
-         {}-image step ({full_step_secs:.3} s) those steps' images would take {full:.1} s",
-        s.coll_images, s.coll_k, gi as f64 / gc.max(1) as f64, s.grad_images
-    );
-    figures.insert("collection_profile_tau_0.3".into(), json!({
-        "first_s": t_first, "whole_s": t_all, "grad_steps": gc, "grad_images": gi,
-        "nograd_forwards": nc, "nograd_images": ni, "nograd_s": ns, "full_batch_equivalent_s": full,
-    }));
+        self.report.push(row(
+            &what,
+            steps_total / t_ours,
+            steps_total / t_ref,
+            "steps/s",
+        ));
+        self.report.push(row(
+            "  unoptimised engine (levers off) vs reference",
+            steps_total / t_base,
+            steps_total / t_ref,
+            "steps/s",
+        ));
+        println!("\nexact agreement (near-tie = two best candidates' L within 1e-6):");
+        println!("  with the reference: {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
+        for l in &lines {
+            println!("    {l}");
+        }
+        let same_to_tie = same_up_to_near_tie(&diffs, &refr);
+        println!("  optimized vs unoptimised engine: {same} of {} orders identical, {same_to_tie} up to the reference's first near-tie; first differing steps {:?}",
+            tr_ours.len(), diffs.iter().filter_map(|d| *d).collect::<Vec<_>>());
+        self.figures.insert("exact".into(), json!({
+            "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / t_ours,
+            "unoptimised_steps_per_s": steps_total / t_base, "reference_steps_per_s": steps_total / t_ref,
+            "ratio": t_ref / t_ours, "agree_with_reference": ok_ref, "identical_to_unoptimised": same,
+            "identical_to_unoptimised_up_to_near_tie": same_to_tie,
+        }));
 
+        let m = 32u32;
+        let mut t_sc = 0.0;
+        let mut tr_sc = Vec::new();
+        for _ in 0..rounds {
+            let (secs, tr) = ours_backselect(
+                &self.eval,
+                &e,
+                Method::Screened { screen: m },
+                self.best,
+                Some(s.exact_steps),
+            )?;
+            t_sc += secs;
+            tr_sc = tr;
+        }
+        let (same_sc, diffs_sc) = agreement_between(&tr_sc, &tr_ours);
+        let p = (e.xs.size()[2] * e.xs.size()[3]) as f64;
+        let measured = t_ours / t_sc;
+        // Exact's step t tries p − t candidates: the measured steps are its dearest; a whole
+        // run averages (p + 1) / 2 candidates per step.
+        let mean_measured = p - (s.exact_steps as f64 - 1.0) / 2.0;
+        let projected = measured * ((p + 1.0) / 2.0) / mean_measured;
+        self.report.push(row(
+            &format!(
+                "screened M={m} vs exact, first {} steps: steps/s",
+                s.exact_steps
+            ),
+            steps_total / t_sc,
+            steps_total / t_ours,
+            "steps/s",
+        ));
+        println!(
+            "\nscreened M={m} vs exact over the same first {} steps of {} images: {measured:.2}× exact's speed (projected over a whole \
+             run, where exact averages (p+1)/2 candidates per step: {projected:.2}×); {same_sc} of {} orders identical to exact's; \
+             first differing steps {:?}",
+            s.exact_steps, e.indices.len(), tr_sc.len(), diffs_sc.iter().filter_map(|d| *d).collect::<Vec<_>>()
+        );
+        self.figures.insert(
+            "screened_first_steps".into(),
+            json!({
+                "m": m, "steps": s.exact_steps, "images": e.indices.len(), "speedup_measured": measured,
+                "speedup_projected_whole_run": projected, "identical_to_exact": same_sc,
+            }),
+        );
+        Ok(())
+    }
+
+    /// SIS collections at τ = 0.3 and 0.9 against the reference; returns their
+    /// parameters for [`Bench::collection_profile`].
+    fn collections(&mut self) -> anyhow::Result<SisParams> {
+        let s = self.s;
+        let taus = [0.3f32, 0.9];
+        let c_indices: Vec<u64> = (0..s.coll_images as u64).collect();
+        let params = SisParams {
+            method: Method::Gradient { k: s.coll_k },
+            thresholds: taus.to_vec(),
+            batch_size: 32,
+            candidate_batch: self.best,
+            collection: true,
+            ..SisParams::default()
+        };
+        for &tau in &taus {
+            let p = SisParams {
+                thresholds: vec![tau],
+                ..params.clone()
+            };
+            let (mut t_ours, mut t_ref) = (0.0, 0.0);
+            let mut recs: Vec<ImageSis> = Vec::new();
+            let mut refr = Value::Null;
+            for round in 0..s.rounds {
+                let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
+                    let (secs, v) = reference(
+                        s,
+                        &self.model_path,
+                        &c_indices,
+                        &[
+                            "--method".into(),
+                            "gradient".into(),
+                            "--k".into(),
+                            s.coll_k.to_string(),
+                            "--thresholds".into(),
+                            tau.to_string(),
+                            "--batch".into(),
+                            self.best.to_string(),
+                        ],
+                    )?;
+                    *refr = v;
+                    Ok(secs)
+                };
+                if round % 2 == 1 {
+                    t_ref += run_ref(&mut refr)?;
+                }
+                recs.clear();
+                let start = Instant::now();
+                run_sis(
+                    self.opt,
+                    self.source,
+                    &c_indices,
+                    &p,
+                    |r| {
+                        recs.push(r);
+                        Ok::<_, std::io::Error>(())
+                    },
+                    &AtomicBool::new(false),
+                )?;
+                t_ours += start.elapsed().as_secs_f64();
+                if round % 2 == 0 {
+                    t_ref += run_ref(&mut refr)?;
+                }
+            }
+            let images = refr["images"].as_array().cloned().unwrap_or_default();
+            let (mut compared, mut identical, mut n_ours, mut n_ref) = (0, 0, 0usize, 0usize);
+            for (rec, r) in recs.iter().zip(&images) {
+                let c = &r["collections"][format!("{tau}")];
+                let theirs: Vec<Vec<u32>> =
+                    serde_json::from_value(c["sis"].clone()).unwrap_or_default();
+                let mine = &rec.collections[0].sis;
+                n_ours += mine.len();
+                n_ref += theirs.len();
+                if c["near_tie"] == Value::Bool(false) {
+                    compared += 1;
+                    identical += usize::from(*mine == theirs);
+                }
+            }
+            let per_img = |t: f64| s.coll_images as f64 * s.rounds as f64 / t;
+            self.report.push(row(
+                &format!(
+                    "collection τ={tau}, gradient k={}, {} images: img/s",
+                    s.coll_k, s.coll_images
+                ),
+                per_img(t_ours),
+                per_img(t_ref),
+                "img/s",
+            ));
+            println!("\ncollection τ={tau}: {n_ours} SISes (engine) vs {n_ref} (reference) over {} images; \
+                      {compared} collections free of near-ties on the reference's side, {identical} of them identical",
+                     s.coll_images);
+            self.figures.insert(format!("collection_tau_{tau}"), json!({
+                "images": s.coll_images, "k": s.coll_k, "ours_images_per_s": per_img(t_ours),
+                "reference_images_per_s": per_img(t_ref), "sis_ours": n_ours, "sis_reference": n_ref,
+                "compared": compared, "identical": identical,
+            }));
+        }
+        Ok(params)
+    }
+
+    /// Where a collection's time goes at τ = 0.3: gradient steps, their batch sizes and
+    /// the no-grad forwards, against the cost of full steps.
+    fn collection_profile(
+        &mut self,
+        params: &SisParams,
+        full_step_secs: f64,
+    ) -> anyhow::Result<()> {
+        let s = self.s;
+        let c_indices: Vec<u64> = (0..s.coll_images as u64).collect();
+        let p03 = SisParams {
+            thresholds: vec![0.3],
+            ..params.clone()
+        };
+        let counting = Counting::new(TorchScriptModel::load(&self.model_path, s.device, SHAPE)?);
+        // (seconds, gradient passes and their images, no-grad forwards and their images,
+        // seconds in the no-grad forwards)
+        #[allow(clippy::type_complexity)]
+        let profile = |p: &SisParams| -> anyhow::Result<(f64, (u64, u64), (u64, u64), f64)> {
+            let (g, n, ns) = (
+                Counting::get(&counting.grad),
+                Counting::get(&counting.nograd),
+                *counting.nograd_secs.lock().unwrap(),
+            );
+            let start = Instant::now();
+            run_sis(
+                &counting,
+                self.source,
+                &c_indices,
+                p,
+                |_| Ok::<_, std::io::Error>(()),
+                &AtomicBool::new(false),
+            )?;
+            let secs = start.elapsed().as_secs_f64();
+            let (g2, n2) = (
+                Counting::get(&counting.grad),
+                Counting::get(&counting.nograd),
+            );
+            let ns2 = *counting.nograd_secs.lock().unwrap();
+            Ok((
+                secs,
+                (g2.0 - g.0, g2.1 - g.1),
+                (n2.0 - n.0, n2.1 - n.1),
+                ns2 - ns,
+            ))
+        };
+        profile(&SisParams {
+            collection: false,
+            ..p03.clone()
+        })?; // warm-up
+        let (t_first, (g0, _), _, _) = profile(&SisParams {
+            collection: false,
+            ..p03.clone()
+        })?;
+        let (t_all, (gc, gi), (nc, ni), ns) = profile(&p03)?;
+        let full = gi as f64 / s.grad_images as f64 * full_step_secs;
+        println!(
+            "\ncollection τ=0.3, where the time goes ({} images, k={}): the first BackSelect with FindSIS and checks \
+             {t_first:.1} s ({g0} gradient steps); the whole collection {t_all:.1} s: {gc} gradient steps over {gi} images \
+             (mean batch {:.1}), {nc} no-grad forwards of {ni} images taking {ns:.1} s; at the cost of a full \
+             {}-image step ({full_step_secs:.3} s) those steps' images would take {full:.1} s",
+            s.coll_images, s.coll_k, gi as f64 / gc.max(1) as f64, s.grad_images
+        );
+        self.figures.insert("collection_profile_tau_0.3".into(), json!({
+            "first_s": t_first, "whole_s": t_all, "grad_steps": gc, "grad_images": gi,
+            "nograd_forwards": nc, "nograd_images": ni, "nograd_s": ns, "full_batch_equivalent_s": full,
+        }));
+        Ok(())
+    }
+}
+
+/// Prints the table of `report` and the load, and writes `figures` as JSON.
+fn finish(
+    s: &Settings,
+    started_load: &str,
+    report: &[String],
+    mut figures: serde_json::Map<String, Value>,
+) -> anyhow::Result<()> {
     println!(
         "\n{:<46} {:>10} {:>10} {:<9} {:>7}",
         "what", "engine", "reference", "unit", "ratio"
     );
-    for l in &report {
+    for l in report {
         println!("{l}");
     }
     let end_load = uptime();
