@@ -260,6 +260,50 @@ fn agree_up_to(diff: Option<usize>, tie: Option<usize>) -> bool {
     }
 }
 
+/// How the engine's orders agree with the reference's and with the unoptimised engine's.
+struct Agreements {
+    /// Images identical to the reference up to its first near-tie.
+    with_reference: usize,
+    /// Images whose optimized and unoptimised orders are identical throughout.
+    identical: usize,
+    /// ... and up to the reference's first near-tie.
+    up_to_near_tie: usize,
+    /// Per image, the first step where the optimized and unoptimised orders differ.
+    diffs: Vec<Option<usize>>,
+}
+
+/// Prints [`Agreements`] under `heading`, one line per image against the reference.
+fn print_agreement(
+    heading: &str,
+    ours: &[BackSelectTrace],
+    base: &[BackSelectTrace],
+    refr: &Value,
+) -> Agreements {
+    let (with_reference, lines) = agreement_with_reference(ours, refr);
+    let (identical, diffs) = agreement_between(ours, base);
+    let up_to_near_tie = same_up_to_near_tie(&diffs, refr);
+    println!("\n{heading}:");
+    println!(
+        "  with the reference: {with_reference} of {} images identical up to the reference's first near-tie",
+        ours.len()
+    );
+    for l in &lines {
+        println!("    {l}");
+    }
+    println!(
+        "  optimized vs unoptimised engine: {identical} of {} orders identical throughout, {up_to_near_tie} up to the \
+         reference's first near-tie; first differing steps {:?}",
+        ours.len(),
+        diffs.iter().filter_map(|d| *d).collect::<Vec<_>>()
+    );
+    Agreements {
+        with_reference,
+        identical,
+        up_to_near_tie,
+        diffs,
+    }
+}
+
 /// (images whose orders are identical throughout, first differing steps).
 fn agreement_between(a: &[BackSelectTrace], b: &[BackSelectTrace]) -> (usize, Vec<Option<usize>>) {
     let diffs: Vec<Option<usize>> = a
@@ -626,8 +670,6 @@ impl Bench<'_> {
         }
         let n = s.rounds as f64;
         let full_step_secs = t_ours / n / steps as f64;
-        let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
-        let (same, diffs) = agreement_between(&tr_ours, &tr_base);
         self.report.push(row(
             &format!("gradient k=1, {} images × {steps} steps", g.indices.len()),
             t_ours / n,
@@ -640,22 +682,17 @@ impl Bench<'_> {
             t_ref / n,
             "s",
         ));
-        println!("\ngradient k=1 agreement:");
-        println!("  with the reference (near-tie = two deciding scores within 1e-5): {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
-        for l in &lines {
-            println!("    {l}");
-        }
-        let same_to_tie = same_up_to_near_tie(&diffs, &refr);
-        println!(
-            "  optimized vs unoptimised engine: {same} of {} orders identical throughout, {same_to_tie} up to the reference's first near-tie; first differing steps {:?}",
-            tr_ours.len(),
-            diffs.iter().filter_map(|d| *d).collect::<Vec<_>>()
+        let a = print_agreement(
+            "gradient k=1 agreement (near-tie = two deciding scores within 1e-5)",
+            &tr_ours,
+            &tr_base,
+            &refr,
         );
         self.figures.insert("gradient_k1".into(), json!({
             "images": g.indices.len(), "steps": steps, "ours_s": t_ours / n, "unoptimised_s": t_base / n,
-            "reference_s": t_ref / n, "ratio": t_ref / t_ours, "agree_with_reference": ok_ref,
-            "identical_to_unoptimised": same, "first_differences_vs_unoptimised": diffs,
-            "identical_to_unoptimised_up_to_near_tie": same_to_tie,
+            "reference_s": t_ref / n, "ratio": t_ref / t_ours, "agree_with_reference": a.with_reference,
+            "identical_to_unoptimised": a.identical, "first_differences_vs_unoptimised": a.diffs,
+            "identical_to_unoptimised_up_to_near_tie": a.up_to_near_tie,
         }));
         Ok(full_step_secs)
     }
@@ -707,8 +744,6 @@ impl Bench<'_> {
             tr_base = tr;
         }
         let steps_total = (s.exact_steps * e.indices.len() * rounds) as f64;
-        let (ok_ref, lines) = agreement_with_reference(&tr_ours, &refr);
-        let (same, diffs) = agreement_between(&tr_ours, &tr_base);
         let what = format!(
             "exact BackSelect, {} images × {} steps: steps/s",
             e.indices.len(),
@@ -726,19 +761,17 @@ impl Bench<'_> {
             steps_total / t_ref,
             "steps/s",
         ));
-        println!("\nexact agreement (near-tie = two best candidates' L within 1e-6):");
-        println!("  with the reference: {ok_ref} of {} images identical up to the reference's first near-tie", tr_ours.len());
-        for l in &lines {
-            println!("    {l}");
-        }
-        let same_to_tie = same_up_to_near_tie(&diffs, &refr);
-        println!("  optimized vs unoptimised engine: {same} of {} orders identical, {same_to_tie} up to the reference's first near-tie; first differing steps {:?}",
-            tr_ours.len(), diffs.iter().filter_map(|d| *d).collect::<Vec<_>>());
+        let a = print_agreement(
+            "exact agreement (near-tie = two best candidates' L within 1e-6)",
+            &tr_ours,
+            &tr_base,
+            &refr,
+        );
         self.figures.insert("exact".into(), json!({
             "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / t_ours,
             "unoptimised_steps_per_s": steps_total / t_base, "reference_steps_per_s": steps_total / t_ref,
-            "ratio": t_ref / t_ours, "agree_with_reference": ok_ref, "identical_to_unoptimised": same,
-            "identical_to_unoptimised_up_to_near_tie": same_to_tie,
+            "ratio": t_ref / t_ours, "agree_with_reference": a.with_reference, "identical_to_unoptimised": a.identical,
+            "identical_to_unoptimised_up_to_near_tie": a.up_to_near_tie,
         }));
 
         let m = 32u32;
