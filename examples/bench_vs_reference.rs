@@ -260,6 +260,17 @@ fn agree_up_to(diff: Option<usize>, tie: Option<usize>) -> bool {
     }
 }
 
+/// Total seconds and the last round's orders of the three sides of [`Bench::alternate`].
+struct Alternated {
+    rounds: usize,
+    ours: f64,
+    base: f64,
+    reference: f64,
+    tr_ours: Vec<BackSelectTrace>,
+    tr_base: Vec<BackSelectTrace>,
+    refr: Value,
+}
+
 /// How the engine's orders agree with the reference's and with the unoptimised engine's.
 struct Agreements {
     /// Images identical to the reference up to its first near-tie.
@@ -633,68 +644,25 @@ impl Bench<'_> {
     /// Gradient k = 1 against the reference and the unoptimised engine; returns the
     /// engine's seconds per full step.
     fn gradient_k1(&mut self, g: &Batch) -> anyhow::Result<f64> {
-        let s = self.s;
         let steps = 1024;
-        let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
-        let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
-        for round in 0..s.rounds {
-            let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
-                let (secs, v) = reference(
-                    s,
-                    &self.model_path,
-                    &g.indices,
-                    &[
-                        "--method".into(),
-                        "gradient".into(),
-                        "--k".into(),
-                        "1".into(),
-                    ],
-                )?;
-                *refr = v;
-                Ok(secs)
-            };
-            if round % 2 == 1 {
-                t_ref += run_ref(&mut refr)?;
-            }
-            let (secs, tr) =
-                ours_backselect(&self.eval, g, Method::Gradient { k: 1 }, self.best, None)?;
-            t_ours += secs;
-            tr_ours = tr;
-            if round % 2 == 0 {
-                t_ref += run_ref(&mut refr)?;
-            }
-            let (secs, tr) =
-                ours_backselect(&self.eval_base, g, Method::Gradient { k: 1 }, 256, None)?;
-            t_base += secs;
-            tr_base = tr;
-        }
-        let n = s.rounds as f64;
-        let full_step_secs = t_ours / n / steps as f64;
-        self.report.push(row(
-            &format!("gradient k=1, {} images × {steps} steps", g.indices.len()),
-            t_ours / n,
-            t_ref / n,
-            "s",
-        ));
-        self.report.push(row(
-            "  unoptimised engine (levers off) vs reference",
-            t_base / n,
-            t_ref / n,
-            "s",
-        ));
-        let a = print_agreement(
+        let args = ["--method", "gradient", "--k", "1"].map(String::from);
+        let a = self.alternate(self.s.rounds, g, Method::Gradient { k: 1 }, None, &args)?;
+        let n = a.rounds as f64;
+        let what = format!("gradient k=1, {} images × {steps} steps", g.indices.len());
+        self.push_rows(&what, &a, |t| t / n, "s");
+        let agree = print_agreement(
             "gradient k=1 agreement (near-tie = two deciding scores within 1e-5)",
-            &tr_ours,
-            &tr_base,
-            &refr,
+            &a.tr_ours,
+            &a.tr_base,
+            &a.refr,
         );
         self.figures.insert("gradient_k1".into(), json!({
-            "images": g.indices.len(), "steps": steps, "ours_s": t_ours / n, "unoptimised_s": t_base / n,
-            "reference_s": t_ref / n, "ratio": t_ref / t_ours, "agree_with_reference": a.with_reference,
-            "identical_to_unoptimised": a.identical, "first_differences_vs_unoptimised": a.diffs,
-            "identical_to_unoptimised_up_to_near_tie": a.up_to_near_tie,
+            "images": g.indices.len(), "steps": steps, "ours_s": a.ours / n, "unoptimised_s": a.base / n,
+            "reference_s": a.reference / n, "ratio": a.reference / a.ours, "agree_with_reference": agree.with_reference,
+            "identical_to_unoptimised": agree.identical, "first_differences_vs_unoptimised": agree.diffs,
+            "identical_to_unoptimised_up_to_near_tie": agree.up_to_near_tie,
         }));
-        Ok(full_step_secs)
+        Ok(a.ours / n / steps as f64)
     }
 
     /// Exact BackSelect steps per second against the reference and the unoptimised
@@ -702,76 +670,41 @@ impl Bench<'_> {
     fn exact_and_screened_first_steps(&mut self) -> anyhow::Result<()> {
         let s = self.s;
         let e = batch(self.source, &self.eval, s.exact_images)?;
-        let (mut t_ours, mut t_base, mut t_ref) = (0.0, 0.0, 0.0);
-        let (mut tr_ours, mut tr_base, mut refr) = (Vec::new(), Vec::new(), Value::Null);
-        let rounds = s.rounds.max(2);
-        for round in 0..rounds {
-            let run_ref = |refr: &mut Value| -> anyhow::Result<f64> {
-                let (secs, v) = reference(
-                    s,
-                    &self.model_path,
-                    &e.indices,
-                    &[
-                        "--method".into(),
-                        "exact".into(),
-                        "--max-steps".into(),
-                        s.exact_steps.to_string(),
-                        "--batch".into(),
-                        self.best.to_string(),
-                    ],
-                )?;
-                *refr = v;
-                Ok(secs)
-            };
-            if round % 2 == 1 {
-                t_ref += run_ref(&mut refr)?;
-            }
-            let (secs, tr) = ours_backselect(
-                &self.eval,
-                &e,
-                Method::Exact,
-                self.best,
-                Some(s.exact_steps),
-            )?;
-            t_ours += secs;
-            tr_ours = tr;
-            if round % 2 == 0 {
-                t_ref += run_ref(&mut refr)?;
-            }
-            let (secs, tr) =
-                ours_backselect(&self.eval_base, &e, Method::Exact, 256, Some(s.exact_steps))?;
-            t_base += secs;
-            tr_base = tr;
-        }
+        let args = [
+            "--method".into(),
+            "exact".into(),
+            "--max-steps".into(),
+            s.exact_steps.to_string(),
+            "--batch".into(),
+            self.best.to_string(),
+        ];
+        let a = self.alternate(
+            s.rounds.max(2),
+            &e,
+            Method::Exact,
+            Some(s.exact_steps),
+            &args,
+        )?;
+        let rounds = a.rounds;
+        let (t_ours, tr_ours) = (a.ours, &a.tr_ours);
         let steps_total = (s.exact_steps * e.indices.len() * rounds) as f64;
         let what = format!(
             "exact BackSelect, {} images × {} steps: steps/s",
             e.indices.len(),
             s.exact_steps
         );
-        self.report.push(row(
-            &what,
-            steps_total / t_ours,
-            steps_total / t_ref,
-            "steps/s",
-        ));
-        self.report.push(row(
-            "  unoptimised engine (levers off) vs reference",
-            steps_total / t_base,
-            steps_total / t_ref,
-            "steps/s",
-        ));
-        let a = print_agreement(
+        self.push_rows(&what, &a, |t| steps_total / t, "steps/s");
+        let agree = print_agreement(
             "exact agreement (near-tie = two best candidates' L within 1e-6)",
-            &tr_ours,
-            &tr_base,
-            &refr,
+            &a.tr_ours,
+            &a.tr_base,
+            &a.refr,
         );
         self.figures.insert("exact".into(), json!({
-            "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / t_ours,
-            "unoptimised_steps_per_s": steps_total / t_base, "reference_steps_per_s": steps_total / t_ref,
-            "ratio": t_ref / t_ours, "agree_with_reference": a.with_reference, "identical_to_unoptimised": a.identical,
-            "identical_to_unoptimised_up_to_near_tie": a.up_to_near_tie,
+            "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / a.ours,
+            "unoptimised_steps_per_s": steps_total / a.base, "reference_steps_per_s": steps_total / a.reference,
+            "ratio": a.reference / a.ours, "agree_with_reference": agree.with_reference,
+            "identical_to_unoptimised": agree.identical, "identical_to_unoptimised_up_to_near_tie": agree.up_to_near_tie,
         }));
 
         let m = 32u32;
@@ -788,7 +721,7 @@ impl Bench<'_> {
             t_sc += secs;
             tr_sc = tr;
         }
-        let (same_sc, diffs_sc) = agreement_between(&tr_sc, &tr_ours);
+        let (same_sc, diffs_sc) = agreement_between(&tr_sc, tr_ours);
         let p = (e.xs.size()[2] * e.xs.size()[3]) as f64;
         let measured = t_ours / t_sc;
         // Exact's step t tries p − t candidates: the measured steps are its dearest; a whole
@@ -818,6 +751,63 @@ impl Bench<'_> {
             }),
         );
         Ok(())
+    }
+
+    /// Runs `method` on `b` `rounds` times with the optimized engine, the reference
+    /// (`ref_args`) and the unoptimised engine. The reference runs before the optimized
+    /// engine in odd rounds and after it in even ones, so the shared machine's load
+    /// falls on both sides.
+    fn alternate(
+        &self,
+        rounds: usize,
+        b: &Batch,
+        method: Method,
+        max_steps: Option<usize>,
+        ref_args: &[String],
+    ) -> anyhow::Result<Alternated> {
+        let mut a = Alternated {
+            rounds,
+            ours: 0.0,
+            base: 0.0,
+            reference: 0.0,
+            tr_ours: Vec::new(),
+            tr_base: Vec::new(),
+            refr: Value::Null,
+        };
+        let run_ref = |a: &mut Alternated| -> anyhow::Result<()> {
+            let (secs, v) = reference(self.s, &self.model_path, &b.indices, ref_args)?;
+            a.reference += secs;
+            a.refr = v;
+            Ok(())
+        };
+        for round in 0..rounds {
+            if round % 2 == 1 {
+                run_ref(&mut a)?;
+            }
+            let (secs, tr) = ours_backselect(&self.eval, b, method, self.best, max_steps)?;
+            a.ours += secs;
+            a.tr_ours = tr;
+            if round % 2 == 0 {
+                run_ref(&mut a)?;
+            }
+            let (secs, tr) = ours_backselect(&self.eval_base, b, method, 256, max_steps)?;
+            a.base += secs;
+            a.tr_base = tr;
+        }
+        Ok(a)
+    }
+
+    /// The table rows of `a`: the engine and the unoptimised engine against the
+    /// reference, each side's total seconds shown as `value(seconds)` in `unit`.
+    fn push_rows(&mut self, what: &str, a: &Alternated, value: impl Fn(f64) -> f64, unit: &str) {
+        self.report
+            .push(row(what, value(a.ours), value(a.reference), unit));
+        self.report.push(row(
+            "  unoptimised engine (levers off) vs reference",
+            value(a.base),
+            value(a.reference),
+            unit,
+        ));
     }
 
     /// SIS collections at τ = 0.3 and 0.9 against the reference; returns their
