@@ -665,13 +665,8 @@ impl Bench<'_> {
         let a = self.alternate(self.s.rounds, g, Method::Gradient { k: 1 }, None, &args)?;
         let n = a.rounds as f64;
         let what = format!("gradient k=1, {} images × {steps} steps", g.indices.len());
-        self.push_rows(&what, &a, |t| t / n, "s");
-        let agree = print_agreement(
-            "gradient k=1 agreement (near-tie = two deciding scores within 1e-5)",
-            &a.tr_ours,
-            &a.tr_base,
-            &a.refr,
-        );
+        let heading = "gradient k=1 agreement (near-tie = two deciding scores within 1e-5)";
+        let agree = self.compare(&what, heading, &a, |t| t / n, "s");
         self.figures.insert("gradient_k1".into(), json!({
             "images": g.indices.len(), "steps": steps, "ours_s": a.ours / n, "unoptimised_s": a.base / n,
             "reference_s": a.reference / n, "ratio": a.reference / a.ours, "agree_with_reference": agree.with_reference,
@@ -701,21 +696,15 @@ impl Bench<'_> {
             Some(s.exact_steps),
             &args,
         )?;
-        let rounds = a.rounds;
-        let (t_ours, tr_ours) = (a.ours, &a.tr_ours);
+        let (rounds, t_ours, tr_ours) = (a.rounds, a.ours, &a.tr_ours);
         let steps_total = (s.exact_steps * e.indices.len() * rounds) as f64;
         let what = format!(
             "exact BackSelect, {} images × {} steps: steps/s",
             e.indices.len(),
             s.exact_steps
         );
-        self.push_rows(&what, &a, |t| steps_total / t, "steps/s");
-        let agree = print_agreement(
-            "exact agreement (near-tie = two best candidates' L within 1e-6)",
-            &a.tr_ours,
-            &a.tr_base,
-            &a.refr,
-        );
+        let heading = "exact agreement (near-tie = two best candidates' L within 1e-6)";
+        let agree = self.compare(&what, heading, &a, |t| steps_total / t, "steps/s");
         self.figures.insert("exact".into(), json!({
             "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / a.ours,
             "unoptimised_steps_per_s": steps_total / a.base, "reference_steps_per_s": steps_total / a.reference,
@@ -813,9 +802,17 @@ impl Bench<'_> {
         Ok(a)
     }
 
-    /// The table rows of `a`: the engine and the unoptimised engine against the
-    /// reference, each side's total seconds shown as `value(seconds)` in `unit`.
-    fn push_rows(&mut self, what: &str, a: &Alternated, value: impl Fn(f64) -> f64, unit: &str) {
+    /// The table rows of `a` (the engine and the unoptimised engine against the
+    /// reference, each side's total seconds shown as `value(seconds)` in `unit`) and
+    /// its agreements, printed under `heading`.
+    fn compare(
+        &mut self,
+        what: &str,
+        heading: &str,
+        a: &Alternated,
+        value: impl Fn(f64) -> f64,
+        unit: &str,
+    ) -> Agreements {
         self.report
             .push(row(what, value(a.ours), value(a.reference), unit));
         self.report.push(row(
@@ -824,6 +821,7 @@ impl Bench<'_> {
             value(a.reference),
             unit,
         ));
+        print_agreement(heading, &a.tr_ours, &a.tr_base, &a.refr)
     }
 
     /// SIS collections at τ = 0.3 and 0.9 against the reference; returns their
