@@ -9,7 +9,7 @@
 //! BackSelect (candidates of a few images pooled, a few steps: steps per second); SIS
 //! collections at τ = 0.3 and 0.9 (gradient method, larger k). The engine runs as
 //! optimized (the default levers) and, as a peer for the agreement of removal orders, with
-//! the levers off (the "unoptimised" engine: NCHW inputs, candidate batch 256).
+//! the levers off (the "unoptimised" engine: NCHW inputs, candidate batch 256, one lane).
 //!
 //! Usage (the script passes these): `bench_vs_reference DIR [--device cpu|cuda]
 //! [--threads N] [--rounds N] [--grad-images N] [--exact-images N] [--exact-steps N]
@@ -28,9 +28,11 @@ use overinterp::models::{Classifier, TorchScriptModel};
 use overinterp::sis::engine::BackSelectInput;
 use overinterp::sis::exact::exact_backselect;
 use overinterp::sis::gradient::gradient_backselect;
+use overinterp::sis::lanes::in_lanes;
 use overinterp::sis::screened::{agreement, screened_backselect};
 use overinterp::sis::{
-    run_sis, BackSelectTrace, Evaluator, ImageSis, Method, Objective, SisParams,
+    run_sis, run_sis_with, BackSelectTrace, Evaluator, ImageSis, Lane, Lanes, Method, Objective,
+    SisParams,
 };
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
@@ -171,7 +173,8 @@ fn batch(source: &dyn ImageSource, eval: &Evaluator, n: usize) -> anyhow::Result
     })
 }
 
-/// Times one BackSelect of the engine over every image of `b`.
+/// Times one BackSelect of the engine over every image of `b`, split across the
+/// evaluator's CPU lanes where it has them.
 fn ours_backselect(
     eval: &Evaluator,
     b: &Batch,
@@ -189,23 +192,23 @@ fn ours_backselect(
         images: &b.indices,
     };
     let start = Instant::now();
-    let traces = match method {
+    let traces = in_lanes(eval, &input, |eval, input| match method {
         Method::Exact => {
-            exact_backselect(eval, &input, Objective::LogOdds, candidate_batch, max_steps)?
+            exact_backselect(eval, input, Objective::LogOdds, candidate_batch, max_steps)
         }
         Method::Gradient { k } => {
-            gradient_backselect(eval, &input, Objective::LogOdds, k, max_steps)?
+            gradient_backselect(eval, input, Objective::LogOdds, k, max_steps)
         }
         Method::Screened { screen } => screened_backselect(
             eval,
             eval,
-            &input,
+            input,
             Objective::LogOdds,
             screen,
             candidate_batch,
             max_steps,
-        )?,
-    };
+        ),
+    })?;
     Ok((start.elapsed().as_secs_f64(), traces))
 }
 
@@ -264,6 +267,8 @@ fn agree_up_to(diff: Option<usize>, tie: Option<usize>) -> bool {
 struct Alternated {
     rounds: usize,
     ours: f64,
+    /// The optimized engine without lanes.
+    one_lane: f64,
     base: f64,
     reference: f64,
     tr_ours: Vec<BackSelectTrace>,
@@ -559,6 +564,22 @@ fn main() -> anyhow::Result<()> {
     let spec: data::DatasetSpec = format!("cifar10:{}", s.dir.display()).parse()?;
     let source = data::open_dataset(&spec, Split::Test)?;
     let opt = TorchScriptModel::load(&model_path, s.device, SHAPE)?;
+    // One lane per thread on CPU: copies of the optimized model for the extra lanes.
+    let lane_count = if s.device == Device::Cpu {
+        s.threads.max(1)
+    } else {
+        1
+    };
+    let lanes = Lanes::new(
+        (1..lane_count)
+            .map(|_| -> anyhow::Result<Lane> {
+                Ok(Lane {
+                    model: Box::new(TorchScriptModel::load(&model_path, s.device, SHAPE)?),
+                    reduced: None,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
     let mut base = TorchScriptModel::load(&model_path, s.device, SHAPE)?;
     base.set_channels_last(false);
     let started_load = uptime();
@@ -573,7 +594,9 @@ fn main() -> anyhow::Result<()> {
         model_path,
         source: source.as_ref(),
         opt: &opt,
-        eval: Evaluator::new(&opt),
+        lanes: &lanes,
+        eval: Evaluator::new(&opt).with_lanes(&lanes),
+        eval_one_lane: Evaluator::new(&opt),
         eval_base: Evaluator::new(&base),
         best: 256,
         report: Vec::new(),
@@ -605,7 +628,13 @@ struct Bench<'a> {
     model_path: PathBuf,
     source: &'a dyn ImageSource,
     opt: &'a TorchScriptModel,
+    /// The optimized model's extra CPU lanes (one per thread beyond the first).
+    lanes: &'a Lanes,
+    /// Every lever: channels-last, the measured candidate batch, CPU lanes.
     eval: Evaluator<'a>,
+    /// The same without lanes: one model on all the threads.
+    eval_one_lane: Evaluator<'a>,
+    /// No lever: NCHW, candidate batch 256, one lane.
     eval_base: Evaluator<'a>,
     /// The candidate batch, measured by [`Bench::levers`].
     best: usize,
@@ -645,7 +674,7 @@ impl Bench<'_> {
             self.best
         );
         let (nchw, nhwc) = grad_layout_rates(base, &g.xs)?;
-        println!("gradient step layout (fwd+bwd to input, batch {}): NCHW {nchw:.2} it/s, channels-last {nhwc:.2} it/s", self.s.grad_images);
+        println!("gradient step layout (fwd+bwd to input, batch {}, one lane): NCHW {nchw:.2} it/s, channels-last {nhwc:.2} it/s", self.s.grad_images);
         self.figures
             .insert("candidate_batch_rates".into(), json!(rates));
         self.figures
@@ -658,7 +687,7 @@ impl Bench<'_> {
     }
 
     /// Gradient k = 1 against the reference and the unoptimised engine; returns the
-    /// engine's seconds per full step.
+    /// engine's seconds per full step in one lane (as the collection profile runs).
     fn gradient_k1(&mut self, g: &Batch) -> anyhow::Result<f64> {
         let steps = 1024;
         let args = ["--method", "gradient", "--k", "1"].map(String::from);
@@ -669,11 +698,11 @@ impl Bench<'_> {
         let agree = self.compare(&what, heading, &a, |t| t / n, "s");
         self.figures.insert("gradient_k1".into(), json!({
             "images": g.indices.len(), "steps": steps, "ours_s": a.ours / n, "unoptimised_s": a.base / n,
-            "reference_s": a.reference / n, "ratio": a.reference / a.ours, "agree_with_reference": agree.with_reference,
+            "reference_s": a.reference / n, "ratio": a.reference / a.ours, "one_lane_s": a.one_lane / n, "agree_with_reference": agree.with_reference,
             "identical_to_unoptimised": agree.identical, "first_differences_vs_unoptimised": agree.diffs,
             "identical_to_unoptimised_up_to_near_tie": agree.up_to_near_tie,
         }));
-        Ok(a.ours / n / steps as f64)
+        Ok(a.one_lane / n / steps as f64)
     }
 
     /// Exact BackSelect steps per second against the reference and the unoptimised
@@ -707,7 +736,7 @@ impl Bench<'_> {
         let agree = self.compare(&what, heading, &a, |t| steps_total / t, "steps/s");
         self.figures.insert("exact".into(), json!({
             "images": e.indices.len(), "steps": s.exact_steps, "ours_steps_per_s": steps_total / a.ours,
-            "unoptimised_steps_per_s": steps_total / a.base, "reference_steps_per_s": steps_total / a.reference,
+            "unoptimised_steps_per_s": steps_total / a.base, "one_lane_steps_per_s": steps_total / a.one_lane, "reference_steps_per_s": steps_total / a.reference,
             "ratio": a.reference / a.ours, "agree_with_reference": agree.with_reference,
             "identical_to_unoptimised": agree.identical, "identical_to_unoptimised_up_to_near_tie": agree.up_to_near_tie,
         }));
@@ -773,6 +802,7 @@ impl Bench<'_> {
         let mut a = Alternated {
             rounds,
             ours: 0.0,
+            one_lane: 0.0,
             base: 0.0,
             reference: 0.0,
             tr_ours: Vec::new(),
@@ -798,6 +828,8 @@ impl Bench<'_> {
             let (secs, tr) = ours_backselect(&self.eval_base, b, method, 256, max_steps)?;
             a.base += secs;
             a.tr_base = tr;
+            let (secs, _) = ours_backselect(&self.eval_one_lane, b, method, self.best, max_steps)?;
+            a.one_lane += secs;
         }
         Ok(a)
     }
@@ -815,6 +847,12 @@ impl Bench<'_> {
     ) -> Agreements {
         self.report
             .push(row(what, value(a.ours), value(a.reference), unit));
+        self.report.push(row(
+            "  the same in one lane (one model, all threads)",
+            value(a.one_lane),
+            value(a.reference),
+            unit,
+        ));
         self.report.push(row(
             "  unoptimised engine (levers off) vs reference",
             value(a.base),
@@ -836,6 +874,7 @@ impl Bench<'_> {
             batch_size: 32,
             candidate_batch: self.best,
             collection: true,
+            lanes: self.lanes.count() as u32,
             ..SisParams::default()
         };
         for &tau in &taus {
@@ -871,8 +910,10 @@ impl Bench<'_> {
                 }
                 recs.clear();
                 let start = Instant::now();
-                run_sis(
+                run_sis_with(
                     self.opt,
+                    None,
+                    self.lanes,
                     self.source,
                     &c_indices,
                     &p,
@@ -932,8 +973,10 @@ impl Bench<'_> {
     ) -> anyhow::Result<()> {
         let s = self.s;
         let c_indices: Vec<u64> = (0..s.coll_images as u64).collect();
+        // One lane: the counting wrapper is a single model.
         let p03 = SisParams {
             thresholds: vec![0.3],
+            lanes: 1,
             ..params.clone()
         };
         let counting = Counting::new(TorchScriptModel::load(&self.model_path, s.device, SHAPE)?);

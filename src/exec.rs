@@ -79,12 +79,12 @@ pub fn leader_setup(
     listen: SocketAddr,
     tuning: &Tuning,
 ) -> anyhow::Result<(LeaderConfig, StoreSink)> {
-    let requested_precision = job.sis.precision;
-    // The leader fixes `precision = auto` (on the job's device, where it has it);
-    // workers receive the fixed spec and compute in what it says.
+    let requested = job.sis.clone();
+    // The leader fixes `precision = auto` (on the job's device, where it has it) and
+    // `lanes = auto`; workers receive the fixed spec and compute in what it says.
     let mut job = job.clone();
-    job.fix_precision()?;
-    let spec = if job.sis.precision == requested_precision {
+    job.fix_auto()?;
+    let spec = if job.sis == requested {
         spec
     } else {
         job.to_toml()

@@ -61,6 +61,8 @@ pub struct Opened {
     pub model: Box<dyn Classifier>,
     /// A second copy of the model in the job's reduced precision, if it has one.
     pub reduced: Option<Box<dyn Classifier>>,
+    /// `lanes − 1` further copies of both, for the job's CPU lanes.
+    pub lanes: sis::Lanes,
     pub source: Box<dyn ImageSource>,
     pub meta: StoreMeta,
 }
@@ -85,6 +87,48 @@ impl SisJob {
             "job range start {start} is after end {end} (the split has {len} images)"
         );
         Ok(start..end)
+    }
+
+    /// Fixes everything a job leaves to `auto` ([`Self::fix_precision`],
+    /// [`Self::fix_lanes`]), once, where the job is decided.
+    pub fn fix_auto(&mut self) -> anyhow::Result<()> {
+        self.fix_precision()?;
+        self.fix_lanes()
+    }
+
+    /// Fixes `lanes = 0` (auto): a resumed store keeps the lanes it records (1
+    /// where it records none); otherwise libtorch's CPU thread count in this process
+    /// (what `--threads` sets), at most one lane per image of a mini-batch, on CPU,
+    /// and 1 on a GPU. See [`sis::lanes`].
+    pub fn fix_lanes(&mut self) -> anyhow::Result<()> {
+        if self.sis.lanes != 0 {
+            return Ok(());
+        }
+        let meta_file = self.out.join(crate::store::META_FILE);
+        let lanes = match std::fs::read_to_string(&meta_file) {
+            Ok(text) => {
+                let meta: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid JSON", meta_file.display()))?;
+                match meta.pointer("/extra/lanes").and_then(|v| v.as_str()) {
+                    Some(n) => n.parse().with_context(|| {
+                        format!("{}: extra.lanes '{n}' is not a count", meta_file.display())
+                    })?,
+                    None => 1,
+                }
+            }
+            Err(_) => {
+                let device = crate::util::parse_device(&self.device).map_err(anyhow::Error::msg)?;
+                if device == tch::Device::Cpu {
+                    let batch = u32::try_from(self.sis.batch_size).unwrap_or(u32::MAX);
+                    (tch::get_num_threads().max(1) as u32).min(batch.max(1))
+                } else {
+                    1
+                }
+            }
+        };
+        tracing::info!(lanes, "CPU lanes fixed by the job");
+        self.sis.lanes = lanes;
+        Ok(())
     }
 
     /// Fixes `precision = auto` for this job, once, where the job is decided (the
@@ -138,6 +182,30 @@ impl SisJob {
         Ok(())
     }
 
+    /// The job's model, frozen, and its copy in the job's reduced precision: what one
+    /// lane computes with.
+    fn load_models(&self, device: tch::Device, shape: [i64; 3]) -> anyhow::Result<sis::Lane> {
+        let load = || -> anyhow::Result<Box<dyn Classifier>> {
+            let mut model = models::load_model(&self.model, device, shape)
+                .with_context(|| format!("loading model {}", self.model))?;
+            model.freeze();
+            Ok(model)
+        };
+        let reduced = match self.sis.precision.reduced_kind() {
+            Some(kind) => {
+                let mut low = load()?;
+                low.set_kind(kind)
+                    .with_context(|| format!("model {} in {}", self.model, self.sis.precision))?;
+                Some(low)
+            }
+            None => None,
+        };
+        Ok(sis::Lane {
+            model: load()?,
+            reduced,
+        })
+    }
+
     /// `[C, H, W]` of the job's dataset.
     fn input_shape(&self) -> anyhow::Result<[i64; 3]> {
         let [c, h, w] = self.open_source()?.shape();
@@ -167,20 +235,11 @@ impl SisJob {
         let device = crate::util::parse_device(&self.device).map_err(anyhow::Error::msg)?;
         let source = self.open_source()?;
         let [c, h, w] = source.shape();
-        let mut model = models::load_model(&self.model, device, [c as i64, h as i64, w as i64])
-            .with_context(|| format!("loading model {}", self.model))?;
-        model.freeze();
-        let reduced = match self.sis.precision.reduced_kind() {
-            Some(kind) => {
-                let mut low =
-                    models::load_model(&self.model, device, [c as i64, h as i64, w as i64])?;
-                low.freeze();
-                low.set_kind(kind)
-                    .with_context(|| format!("model {} in {}", self.model, self.sis.precision))?;
-                Some(low)
-            }
-            None => None,
-        };
+        let shape = [c as i64, h as i64, w as i64];
+        let sis::Lane { model, reduced } = self.load_models(device, shape)?;
+        let extra_lanes = (1..self.sis.lanes.max(1))
+            .map(|_| self.load_models(device, shape))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let meta = StoreMeta {
             format_version: FORMAT_VERSION,
             model: model.describe(),
@@ -206,11 +265,16 @@ impl SisJob {
                         .reduced_kind()
                         .map(|_| ("rerank".to_string(), self.sis.rerank.to_string())),
                 )
+                // One lane is how stores were made before lanes existed.
+                .chain(
+                    (self.sis.lanes > 1).then(|| ("lanes".to_string(), self.sis.lanes.to_string())),
+                )
                 .collect(),
         };
         Ok(Opened {
             model,
             reduced,
+            lanes: sis::Lanes::new(extra_lanes),
             source,
             meta,
         })
@@ -221,7 +285,7 @@ impl SisJob {
     /// loses at most one mini-batch of work. Returns the number of images computed.
     pub fn run_local(&self, stop: &AtomicBool) -> anyhow::Result<usize> {
         let mut job = self.clone();
-        job.fix_precision()?;
+        job.fix_auto()?;
         let opened = job.open()?;
         let range = self.range(opened.source.len())?;
         let mut writer = StoreWriter::open(&self.out, opened.meta.clone())?;
@@ -295,6 +359,7 @@ where
         let run = sis::run_sis_with(
             opened.model.as_ref(),
             opened.reduced.as_deref(),
+            &opened.lanes,
             opened.source.as_ref(),
             &whole,
             params,

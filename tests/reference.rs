@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 
 use overinterp::data::{self, ImageSource, Split};
 use overinterp::models;
-use overinterp::sis::{run_sis, ImageSis, Method, SisParams};
+use overinterp::sis::{run_sis_with, ImageSis, Lane, Lanes, Method, SisParams};
 use serde_json::Value;
 use tch::Device;
 
@@ -28,7 +28,8 @@ fn fixture(path: &str) -> String {
     format!("{ROOT}/tests/fixtures/{path}")
 }
 
-/// Our engine, in process: one record per index.
+/// Our engine, in process: one record per index, each BackSelect split across
+/// `params.lanes` CPU lanes (a copy of the model for each lane beyond the first).
 fn ours(model: &str, data_dir: &str, indices: &[u64], params: SisParams) -> Vec<ImageSis> {
     tch::set_num_threads(1);
     let spec: data::DatasetSpec = format!("fashion-mnist:{}", fixture(data_dir))
@@ -36,11 +37,23 @@ fn ours(model: &str, data_dir: &str, indices: &[u64], params: SisParams) -> Vec<
         .unwrap();
     let source: Box<dyn ImageSource> = data::open_dataset(&spec, Split::Test).unwrap();
     let [c, h, w] = source.shape();
-    let model =
-        models::load_model(&fixture(model), Device::Cpu, [c as i64, h as i64, w as i64]).unwrap();
+    let load = || {
+        models::load_model(&fixture(model), Device::Cpu, [c as i64, h as i64, w as i64]).unwrap()
+    };
+    let lanes = Lanes::new(
+        (1..params.lanes)
+            .map(|_| Lane {
+                model: load(),
+                reduced: None,
+            })
+            .collect(),
+    );
+    let model = load();
     let mut out = Vec::new();
-    run_sis(
+    run_sis_with(
         model.as_ref(),
+        None,
+        &lanes,
         source.as_ref(),
         indices,
         &params,
@@ -168,59 +181,67 @@ const IMAGES: &str = "fmnist14";
 fn exact_backselect_and_collections_match_the_reference() {
     let indices = [0u64, 1, 2, 3];
     let tau = 0.9f32;
-    let recs = ours(
-        CNN,
-        IMAGES,
-        &indices,
-        SisParams {
-            thresholds: vec![tau],
-            ..SisParams::default()
-        },
-    );
     let refr = reference(
         CNN,
         IMAGES,
         &indices,
         &["--method", "exact", "--thresholds", "0.9"],
     );
-    let (whole, compared) = compare("exact", &recs, &refr, 1, tau);
-    eprintln!(
-        "exact: {whole} of {} orders identical throughout; {compared} collections compared \
-         ({} reference forwards in {:.1} s)",
-        recs.len(),
-        refr["forwards"],
-        refr["seconds"].as_f64().unwrap()
-    );
-    // The comparison must have had something to compare.
-    assert!(compared >= 1 && recs.iter().any(|r| !r.collections[0].sis.is_empty()));
+    // One lane, and each BackSelect split across two (the CPU lanes lever).
+    for lanes in [1, 2] {
+        let recs = ours(
+            CNN,
+            IMAGES,
+            &indices,
+            SisParams {
+                thresholds: vec![tau],
+                lanes,
+                ..SisParams::default()
+            },
+        );
+        let (whole, compared) = compare(&format!("exact, {lanes} lane(s)"), &recs, &refr, 1, tau);
+        eprintln!(
+            "exact, {lanes} lane(s): {whole} of {} orders identical throughout; {compared} \
+             collections compared ({} reference forwards in {:.1} s)",
+            recs.len(),
+            refr["forwards"],
+            refr["seconds"].as_f64().unwrap()
+        );
+        // The comparison must have had something to compare.
+        assert!(compared >= 1 && recs.iter().any(|r| !r.collections[0].sis.is_empty()));
+    }
 }
 
 #[test]
 fn gradient_backselect_and_collections_match_the_reference() {
     let indices: Vec<u64> = (0..8).collect();
     let tau = 0.9f32;
-    let recs = ours(
-        CNN,
-        IMAGES,
-        &indices,
-        SisParams {
-            method: Method::Gradient { k: 4 },
-            thresholds: vec![tau],
-            ..SisParams::default()
-        },
-    );
     let refr = reference(
         CNN,
         IMAGES,
         &indices,
         &["--method", "gradient", "--k", "4", "--thresholds", "0.9"],
     );
-    let (whole, compared) = compare("gradient k=4", &recs, &refr, 4, tau);
-    eprintln!(
-        "gradient: {whole} of {} orders identical throughout; {compared} collections compared",
-        recs.len()
-    );
-    assert!(whole >= 1 && compared >= 1);
+    for lanes in [1, 2] {
+        let recs = ours(
+            CNN,
+            IMAGES,
+            &indices,
+            SisParams {
+                method: Method::Gradient { k: 4 },
+                thresholds: vec![tau],
+                lanes,
+                ..SisParams::default()
+            },
+        );
+        let what = format!("gradient k=4, {lanes} lane(s)");
+        let (whole, compared) = compare(&what, &recs, &refr, 4, tau);
+        eprintln!(
+            "{what}: {whole} of {} orders identical throughout; {compared} collections compared",
+            recs.len()
+        );
+        assert!(whole >= 1 && compared >= 1);
+    }
 }
 
 #[test]

@@ -84,6 +84,13 @@ pub struct SisArgs {
     /// Candidates re-evaluated in fp32 per exact step in reduced precision.
     #[arg(long, default_value_t = crate::sis::precision::DEFAULT_RERANK)]
     pub rerank: u32,
+    /// CPU lanes: each BackSelect's images split across this many threads, each
+    /// with its own copy of the model and one libtorch thread (faster than one
+    /// model on many threads for small CNNs; results differ in the last bits only,
+    /// so the store records the count and a resume keeps it). Default: auto =
+    /// libtorch's thread count (--threads) on CPU, at most --batch; 1 on a GPU.
+    #[arg(long)]
+    pub lanes: Option<u32>,
     /// First image index to process.
     #[arg(long)]
     pub start: Option<u64>,
@@ -135,6 +142,7 @@ impl SisArgs {
                 collection: !self.no_collection,
                 precision: self.precision,
                 rerank: self.rerank,
+                lanes: self.lanes.unwrap_or(0),
             },
         })
     }

@@ -17,6 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::exact::exact_backselect;
 use super::gradient::gradient_backselect;
+use super::lanes::{in_lanes, Lanes};
 use super::precision::reduced_exact_backselect;
 use super::screened::screened_backselect;
 use super::{BackSelectTrace, ImageSis, Method, Objective, SisCollection, SisError, SisParams};
@@ -35,6 +36,8 @@ pub struct Evaluator<'a> {
     kind: Kind,
     /// The same model with parameters in reduced precision, and that kind.
     reduced: Option<(&'a dyn Classifier, Kind)>,
+    /// Copies of the model that BackSelects are split across (see [`super::lanes`]).
+    lanes: Option<&'a Lanes>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -45,6 +48,7 @@ impl<'a> Evaluator<'a> {
             classes: model.num_classes(),
             kind: Kind::Float,
             reduced: None,
+            lanes: None,
         }
     }
 
@@ -55,14 +59,32 @@ impl<'a> Evaluator<'a> {
         self
     }
 
-    /// The reduced-precision evaluator, if one was added.
+    /// Adds the extra CPU lanes that [`super::lanes::in_lanes`] splits BackSelects
+    /// across; their models must be copies of this evaluator's.
+    pub fn with_lanes(mut self, lanes: &'a Lanes) -> Self {
+        self.lanes = Some(lanes);
+        self
+    }
+
+    /// The extra lanes, if any were added.
+    pub fn lanes(&self) -> Option<&'a Lanes> {
+        self.lanes
+    }
+
+    /// The reduced-precision evaluator, if one was added (without lanes).
     pub fn reduced(&self) -> Option<Evaluator<'a>> {
         self.reduced.map(|(model, kind)| Evaluator {
             model,
             classes: self.classes,
             kind,
             reduced: None,
+            lanes: None,
         })
+    }
+
+    /// The kind of the reduced-precision copy, if one was added.
+    pub fn reduced_kind(&self) -> Option<Kind> {
+        self.reduced.map(|(_, kind)| kind)
     }
 
     pub fn model_name(&self) -> String {
@@ -323,15 +345,19 @@ pub fn run_sis<E>(
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    run_sis_with(model, None, source, indices, params, emit, stop)
+    let lanes = Lanes::default();
+    run_sis_with(model, None, &lanes, source, indices, params, emit, stop)
 }
 
 /// [`run_sis`] with `reduced`, a copy of `model` whose parameters are in the
 /// precision `params.precision` names (bf16 or fp16): required exactly when that
-/// precision is reduced.
+/// precision is reduced; and `lanes`, `params.lanes − 1` further copies of both
+/// that BackSelects are split across (see [`super::lanes`]).
+#[allow(clippy::too_many_arguments)]
 pub fn run_sis_with<E>(
     model: &dyn Classifier,
     reduced: Option<&dyn Classifier>,
+    lanes: &Lanes,
     source: &dyn ImageSource,
     indices: &[u64],
     params: &SisParams,
@@ -353,6 +379,15 @@ where
             )))
         }
     };
+    let wanted = params.lanes.max(1) as usize;
+    if lanes.count() != wanted {
+        return Err(SisError::Params(format!(
+            "the job runs in {wanted} CPU lane(s) but {} model copies were given \
+             (SisJob::open makes them)",
+            lanes.count()
+        )));
+    }
+    let eval = eval.with_lanes(lanes);
     let mut emitted = 0;
     for chunk in indices.chunks(params.batch_size) {
         if stop.load(Ordering::SeqCst) {
@@ -668,7 +703,16 @@ fn verified_sis(
         .collect())
 }
 
+/// The method `params` names on `input`, split across the evaluator's lanes.
 fn backselect(
+    eval: &Evaluator,
+    params: &SisParams,
+    input: &BackSelectInput,
+) -> Result<Vec<BackSelectTrace>, SisError> {
+    in_lanes(eval, input, |eval, input| method(eval, params, input))
+}
+
+fn method(
     eval: &Evaluator,
     params: &SisParams,
     input: &BackSelectInput,

@@ -16,6 +16,8 @@
 //!   reduced precision, how `auto` decides, and the fp32 re-ranking of exact.
 //! - [`objective`]: what candidates are compared by: `L = logsumexp_{j≠c}(z_j − z_c)`
 //!   (default), which does not saturate where an fp32 `f` rounds to 1.
+//! - [`lanes`]: a BackSelect's images split across CPU threads, each with its own
+//!   copy of the model and one libtorch thread.
 //! - [`engine`]: [`run_sis`], which turns image indices of a dataset into
 //!   [`ImageSis`] records, SIS collections included, and streams them out.
 
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod exact;
 pub mod findsis;
 pub mod gradient;
+pub mod lanes;
 pub mod objective;
 pub mod precision;
 pub mod screened;
@@ -33,6 +36,7 @@ mod tests;
 
 pub use engine::{run_sis, run_sis_with, sis_batch, Evaluator, SisRunSummary};
 pub use findsis::{find_sis, find_sis_by_reevaluation, BackSelectTrace};
+pub use lanes::{Lane, Lanes};
 pub use objective::Objective;
 pub use precision::Precision;
 
@@ -187,6 +191,10 @@ pub struct SisParams {
     /// Exact BackSelect in reduced precision: candidates re-evaluated in fp32 per
     /// step, the best of the reduced-precision ranking (default 8).
     pub rerank: u32,
+    /// CPU lanes each BackSelect is split across (see [`lanes`]); 0 = `auto`,
+    /// resolved by the job like `precision` (the engine reads it as 1). Changes
+    /// results in the last bits only, so a store records it and keeps it.
+    pub lanes: u32,
 }
 
 impl Default for SisParams {
@@ -201,6 +209,7 @@ impl Default for SisParams {
             collection: true,
             precision: Precision::default(),
             rerank: precision::DEFAULT_RERANK,
+            lanes: 1,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use overinterp::data::{self, ImageSource, Split};
 use overinterp::models;
-use overinterp::sis::{run_sis_with, ImageSis, SisParams};
+use overinterp::sis::{run_sis_with, ImageSis, Lanes, SisParams};
 use tch::{CModule, Device, Kind, Tensor};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -38,6 +38,7 @@ pub fn run(params: &SisParams, indices: &[u64]) -> Vec<ImageSis> {
     run_sis_with(
         model.as_ref(),
         reduced.as_deref(),
+        &Lanes::default(),
         source.as_ref(),
         indices,
         params,
