@@ -382,8 +382,8 @@ where
     let wanted = params.lanes.max(1) as usize;
     if lanes.count() != wanted {
         return Err(SisError::Params(format!(
-            "the job runs in {wanted} CPU lane(s) but {} model copies were given \
-             (SisJob::open makes them)",
+            "the job runs in {wanted} CPU lane(s) but models for {} lane(s) were given \
+             (SisJob::open loads one copy per lane)",
             lanes.count()
         )));
     }
