@@ -116,9 +116,9 @@ impl SisJob {
                     None => 1,
                 }
             }
+            // From the device's name: a leader need not have the job's GPU.
             Err(_) => {
-                let device = crate::util::parse_device(&self.device).map_err(anyhow::Error::msg)?;
-                if device == tch::Device::Cpu {
+                if self.device == "cpu" {
                     let batch = u32::try_from(self.sis.batch_size).unwrap_or(u32::MAX);
                     (tch::get_num_threads().max(1) as u32).min(batch.max(1))
                 } else {

@@ -118,6 +118,9 @@ fn two_lanes_compute_each_part_as_its_own_batch_on_its_own_thread() {
             let inp = input(&part, &present[r.clone()], &targets[r.clone()], &indices[r]);
             expected.extend(method(&alone, &inp).unwrap());
         }
+        let first = xs.narrow(0, 0, 1);
+        let one = input(&first, &present[..1], &targets[..1], &indices[..1]);
+        let expected_one = method(&alone, &one).unwrap().remove(0);
         let (main_threads, lane_threads) = (Threads::default(), Threads::default());
         let main = Recording::load(&main_threads);
         let lanes = Lanes::new(vec![Lane {
@@ -141,6 +144,16 @@ fn two_lanes_compute_each_part_as_its_own_batch_on_its_own_thread() {
                 "{name}, image {i}: confidence history"
             );
         }
+        // A single image in two lanes is computed with one thread, as alone.
+        let single = in_lanes(&eval, &one, method).unwrap();
+        assert_eq!(
+            single[0].order, expected_one.order,
+            "{name}: one image in lanes"
+        );
+        assert_eq!(
+            single[0].history, expected_one.history,
+            "{name}: one image in lanes"
+        );
         // Who computed what: the caller's model on this thread only, the lane's copy
         // only on one other thread.
         let here = std::thread::current().id();

@@ -387,6 +387,13 @@ where
             lanes.count()
         )));
     }
+    if !lanes.reduced_copies_match(params.precision.reduced_kind().is_some()) {
+        return Err(SisError::Params(format!(
+            "precision {}: every CPU lane needs a copy of the model in it exactly when the \
+             precision is reduced",
+            params.precision
+        )));
+    }
     let eval = eval.with_lanes(lanes);
     let mut emitted = 0;
     for chunk in indices.chunks(params.batch_size) {

@@ -48,6 +48,13 @@ impl Lanes {
     pub fn count(&self) -> usize {
         self.0.lock().map_or(1, |l| l.len() + 1)
     }
+
+    /// Whether every extra lane has a reduced-precision copy exactly when `reduced`.
+    pub fn reduced_copies_match(&self, reduced: bool) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|l| l.iter().all(|lane| lane.reduced.is_some() == reduced))
+    }
 }
 
 /// `jobs` split into at most `lanes` contiguous, non-empty parts whose sizes differ by
@@ -58,12 +65,13 @@ pub fn parts(jobs: usize, lanes: usize) -> Vec<Range<usize>> {
 }
 
 /// Runs `run` (one BackSelect method) on `input` split into the evaluator's lanes,
-/// the parts concurrently, and returns the traces in job order. Without extra lanes,
-/// or with a single job, it is `run(eval, input)`.
+/// the parts concurrently, and returns the traces in job order. Without extra lanes
+/// it is `run(eval, input)`.
 ///
-/// Every part, the calling thread's included, runs under `no_grad` (the methods
-/// enable gradients where they need them) and with one intra-op thread; the calling
-/// thread's thread count is restored afterwards.
+/// With lanes, every part, the calling thread's included and even when there are
+/// fewer jobs than lanes, runs under `no_grad` (the methods enable gradients where
+/// they need them) and with one intra-op thread; the calling thread's thread count is
+/// restored afterwards, on errors and panics too.
 pub fn in_lanes<F>(
     eval: &Evaluator,
     input: &BackSelectInput,
@@ -75,25 +83,27 @@ where
     let Some(lanes) = eval.lanes() else {
         return run(eval, input);
     };
-    let mut extra = lanes
-        .0
-        .lock()
-        .map_err(|_| SisError::Params("a lane panicked in an earlier BackSelect".into()))?;
+    let mut extra = lanes.0.lock().map_err(|_| {
+        SisError::Params("CPU lanes unusable: a BackSelect panicked while holding them".into())
+    })?;
     let jobs = input.targets.len();
-    let ranges = parts(jobs, extra.len() + 1);
-    if ranges.len() <= 1 {
+    if extra.is_empty() || jobs == 0 {
         return run(eval, input);
     }
+    let ranges = parts(jobs, extra.len() + 1);
     let mut xs = ranges
         .iter()
         .map(|r| input.xs.f_narrow(0, r.start as i64, r.len() as i64))
         .collect::<Result<Vec<Tensor>, _>>()?;
     let kind = eval.reduced_kind();
-    let (present, targets, keys, images) =
-        (input.present, input.targets, input.noise_keys, input.images);
+    let lists = Lists {
+        present: input.present,
+        targets: input.targets,
+        noise_keys: input.noise_keys,
+        images: input.images,
+    };
     let run = &run;
-    let previous = tch::get_num_threads();
-    tch::set_num_threads(1);
+    let _restore = OneThread::enter();
     let first_xs = xs.remove(0);
     let outcome =
         std::thread::scope(|s| {
@@ -103,38 +113,20 @@ where
                 .zip(xs)
                 .map(|((lane, r), part_xs)| {
                     s.spawn(move || {
+                        // The first query initializes this new thread's count from
+                        // libtorch's process-wide one; only then is setting it final.
+                        let _ = tch::get_num_threads();
                         tch::set_num_threads(1);
                         let _guard = tch::no_grad_guard();
                         let mut ev = Evaluator::new(lane.model.as_ref());
                         if let (Some(low), Some(kind)) = (&lane.reduced, kind) {
                             ev = ev.with_reduced(low.as_ref(), kind);
                         }
-                        run(
-                            &ev,
-                            &BackSelectInput {
-                                xs: &part_xs,
-                                present: &present[r.clone()],
-                                targets: &targets[r.clone()],
-                                noise_keys: &keys[r],
-                                images,
-                            },
-                        )
+                        run(&ev, &lists.part(&part_xs, r))
                     })
                 })
                 .collect();
-            let r = ranges[0].clone();
-            let first = tch::no_grad(|| {
-                run(
-                    eval,
-                    &BackSelectInput {
-                        xs: &first_xs,
-                        present: &present[r.clone()],
-                        targets: &targets[r.clone()],
-                        noise_keys: &keys[r],
-                        images,
-                    },
-                )
-            });
+            let first = tch::no_grad(|| run(eval, &lists.part(&first_xs, ranges[0].clone())));
             let mut traces = vec![first];
             for h in handles {
                 traces.push(h.join().unwrap_or_else(|_| {
@@ -143,10 +135,51 @@ where
             }
             traces
         });
-    tch::set_num_threads(previous);
     let mut all = Vec::with_capacity(jobs);
     for part in outcome {
         all.extend(part?);
     }
     Ok(all)
+}
+
+/// A [`BackSelectInput`]'s per-job lists without its images tensor, which a thread
+/// cannot borrow (`Tensor` is not `Sync`): each lane gets its own narrowed tensor.
+#[derive(Clone, Copy)]
+struct Lists<'a> {
+    present: &'a [Vec<bool>],
+    targets: &'a [i64],
+    noise_keys: &'a [u64],
+    images: &'a [u64],
+}
+
+impl<'a> Lists<'a> {
+    /// The input of jobs `r`, whose images are `xs`.
+    fn part(self, xs: &'a Tensor, r: Range<usize>) -> BackSelectInput<'a> {
+        BackSelectInput {
+            xs,
+            present: &self.present[r.clone()],
+            targets: &self.targets[r.clone()],
+            noise_keys: &self.noise_keys[r],
+            images: self.images,
+        }
+    }
+}
+
+/// One intra-op thread on the calling thread until dropped, then its previous count.
+struct OneThread {
+    previous: i32,
+}
+
+impl OneThread {
+    fn enter() -> Self {
+        let previous = tch::get_num_threads();
+        tch::set_num_threads(1);
+        Self { previous }
+    }
+}
+
+impl Drop for OneThread {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.previous);
+    }
 }

@@ -193,7 +193,9 @@ pub struct SisParams {
     pub rerank: u32,
     /// CPU lanes each BackSelect is split across (see [`lanes`]); 0 = `auto`,
     /// resolved by the job like `precision` (the engine reads it as 1). Changes
-    /// results in the last bits only, so a store records it and keeps it.
+    /// results in the last bits only, so a store records it and keeps it. Not
+    /// written when 1, so specs and pipeline stage keys from before lanes stay the same.
+    #[serde(skip_serializing_if = "is_one")]
     pub lanes: u32,
 }
 
@@ -212,6 +214,10 @@ impl Default for SisParams {
             lanes: 1,
         }
     }
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl SisParams {
