@@ -15,6 +15,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
+use common::cli::{run_ok, BIN};
 use common::fmnist14;
 use overinterp::models::{self, Classifier, ModelError};
 use overinterp::sis::engine::BackSelectInput;
@@ -23,8 +24,6 @@ use overinterp::sis::gradient::gradient_backselect;
 use overinterp::sis::lanes::in_lanes;
 use overinterp::sis::{BackSelectTrace, Evaluator, Lane, Lanes, Objective, SisError};
 use tch::{Device, Tensor};
-
-const BIN: &str = env!("CARGO_BIN_EXE_overinterp");
 
 type Threads = Arc<Mutex<HashSet<ThreadId>>>;
 
@@ -179,60 +178,47 @@ fn store_lanes(store: &std::path::Path) -> Option<String> {
     meta["extra"]["lanes"].as_str().map(String::from)
 }
 
-fn sis(store: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(["sis", "--model", &fmnist14::model_path()])
+/// `overinterp sis` of gradient k=16 on the fixture into `store`, with `args`.
+fn sis(store: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["sis", "--model", &fmnist14::model_path()])
         .args(["--data", &format!("fashion-mnist:{}", fmnist14::DATA)])
         .args(["--method", "gradient", "--k", "16", "--out"])
         .arg(store)
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
 }
 
 #[test]
 fn auto_lanes_follow_threads_are_recorded_and_kept_on_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let ok = |out: &std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let ok = |mut cmd: Command| run_ok(&mut cmd, "overinterp sis");
     // --threads 2, lanes left to auto: two lanes, recorded.
     let two = dir.path().join("two");
-    ok(&sis(
-        &two,
-        &["--threads", "2", "--end", "4", "--batch", "4"],
-    ));
+    ok(sis(&two, &["--threads", "2", "--end", "4", "--batch", "4"]));
     assert_eq!(store_lanes(&two).as_deref(), Some("2"));
     // A resume with one thread keeps the store's two lanes, and computes the rest.
-    ok(&sis(
-        &two,
-        &["--threads", "1", "--end", "8", "--batch", "4"],
-    ));
+    ok(sis(&two, &["--threads", "1", "--end", "8", "--batch", "4"]));
     assert_eq!(store_lanes(&two).as_deref(), Some("2"));
     let records = overinterp::store::StoreReader::open(&two)
         .unwrap()
         .indices();
     assert_eq!(records, (0..8).collect::<Vec<u64>>());
     // Asking for one lane on that store is refused, naming what differs.
-    let refused = sis(&two, &["--lanes", "1", "--end", "12", "--batch", "4"]);
+    let refused = sis(&two, &["--lanes", "1", "--end", "12", "--batch", "4"])
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("extra") && err.contains("lanes"), "{err}");
     // --threads 1: one lane, which stores record as before lanes existed (nothing).
     let one = dir.path().join("one");
-    ok(&sis(
-        &one,
-        &["--threads", "1", "--end", "4", "--batch", "4"],
-    ));
+    ok(sis(&one, &["--threads", "1", "--end", "4", "--batch", "4"]));
     assert_eq!(store_lanes(&one), None);
     // --batch caps the lanes: never more lanes than images in a mini-batch.
     let capped = dir.path().join("capped");
-    ok(&sis(
+    ok(sis(
         &capped,
         &[
             "--lanes",
