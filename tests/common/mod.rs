@@ -101,11 +101,6 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(shape: [i64; 3], classes: i64, seed: i64) -> Self {
-        // libtorch's RNG is global: tests of one binary run in parallel threads, so
-        // seeding and initializing must not interleave with another test's.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
         let p = &vs.root();
         let inputs = shape.iter().product::<i64>();
@@ -114,6 +109,26 @@ impl Mlp {
             .add(nn::linear(p / "fc1", inputs, 32, Default::default()))
             .add_fn(|x| x.relu())
             .add(nn::linear(p / "fc2", 32, classes, Default::default()));
+        // The weights come from the seed alone, not from libtorch's global RNG: tests
+        // of one binary run in parallel threads, and training seeds that RNG each epoch
+        // (`tch::manual_seed`), which would race with a model being initialized here.
+        let mut rng = overinterp::util::SplitMix64::new(seed as u64);
+        let mut vars = vs.variables().into_iter().collect::<Vec<_>>();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| {
+            for (name, mut t) in vars {
+                // PyTorch's default for Linear: U(-1/√fan_in, 1/√fan_in) for both.
+                let fan_in = if name.starts_with("fc1") { inputs } else { 32 };
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let values: Vec<f32> = (0..t.numel())
+                    .map(|_| {
+                        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        ((2.0 * u - 1.0) * bound) as f32
+                    })
+                    .collect();
+                t.copy_(&Tensor::from_slice(&values).view(t.size().as_slice()));
+            }
+        });
         Self {
             vs,
             net,
