@@ -1,15 +1,23 @@
-//! Set a run path to libtorch, and link `torch_cuda` unconditionally when libtorch ships it, so a CUDA build of
-//! libtorch registers its CUDA backend even though no Rust symbol references it
-//! (the linker would otherwise drop it under `--as-needed`). A CPU-only libtorch
-//! has no `libtorch_cuda.so`; then nothing extra is linked.
+//! Compile the batch-norm folding shim (`src/models/ffi/fold.cpp`: libtorch's
+//! `torch::jit::freeze`, which tch does not expose) against the libtorch torch-sys
+//! links, set a run path to libtorch, and link `torch_cuda` unconditionally when
+//! libtorch ships it, so a CUDA build of libtorch registers its CUDA backend even
+//! though no Rust symbol references it (the linker would otherwise drop it under
+//! `--as-needed`). A CPU-only libtorch has no `libtorch_cuda.so`; then nothing extra
+//! is linked.
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
-    let Some(lib) = libtorch_lib_dir() else {
-        return;
-    };
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-changed=src/models/ffi/fold.cpp");
+    // torch-sys (`links = "tch"`) tells its dependents where it found libtorch.
+    let lib = std::env::var_os("DEP_TCH_LIBTORCH_LIB")
+        .map(PathBuf::from)
+        .or_else(libtorch_lib_dir)
+        .expect("libtorch not found: set LIBTORCH or LIBTORCH_USE_PYTORCH=1 (scripts/env does)");
+    compile_fold_shim(&lib);
     // A run path to libtorch, so `target/release/overinterp` starts without
     // LD_LIBRARY_PATH. It is a RUNPATH: LD_LIBRARY_PATH still wins, which is how
     // the same binary runs against another torch 2.11.0 (e.g. a CUDA machine's).
@@ -22,6 +30,53 @@ fn main() {
     }
 }
 
+/// Builds `libfold.a` with the flags torch-sys builds its own C++ wrapper with.
+fn compile_fold_shim(lib: &std::path::Path) {
+    let root = lib.parent().expect("libtorch lib dir has a parent");
+    let include = root.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", cxx11_abi()))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("src/models/ffi/fold.cpp")
+        .compile("overinterp_fold");
+}
+
+/// The C++ ABI libtorch was built with: `LIBTORCH_CXX11_ABI`, else what the Python
+/// torch package reports under `LIBTORCH_USE_PYTORCH`, else 1 (every torch since 2.7).
+fn cxx11_abi() -> String {
+    if let Ok(v) = std::env::var("LIBTORCH_CXX11_ABI") {
+        return v;
+    }
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        let out = python(&[
+            "-c",
+            "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))",
+        ]);
+        if let Some(v) = out {
+            return v;
+        }
+    }
+    "1".into()
+}
+
+/// Runs the Python torch-sys runs and returns its trimmed stdout.
+fn python(args: &[&str]) -> Option<String> {
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(python)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Where libtorch's shared libraries are: `$LIBTORCH/lib`, or the `lib/` of the
 /// Python `torch` package when `LIBTORCH_USE_PYTORCH` is set (as `scripts/env` does).
 fn libtorch_lib_dir() -> Option<PathBuf> {
@@ -29,14 +84,9 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("lib"));
     }
     std::env::var_os("LIBTORCH_USE_PYTORCH")?;
-    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import torch, os; print(os.path.dirname(torch.__file__))",
-        ])
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(out.stdout).ok()?;
-    Some(PathBuf::from(dir.trim()).join("lib"))
+    let dir = python(&[
+        "-c",
+        "import torch, os; print(os.path.dirname(torch.__file__))",
+    ])?;
+    Some(PathBuf::from(dir).join("lib"))
 }

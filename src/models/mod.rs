@@ -15,6 +15,7 @@ use tch::{nn, Device, Kind, Tensor};
 mod checkpoint;
 mod config;
 mod ensemble;
+mod fold;
 mod inception;
 mod input_dropout;
 mod layers;

@@ -287,49 +287,73 @@ fn frozen_native_model_differentiates_the_input_only() -> TestResult {
 
 const TINY_SHAPE: [i64; 3] = [3, 16, 16];
 
+/// As saved and with its batch norms folded, the module gives torch's logits and
+/// input gradient (folding changes only the rounding of the folded weights).
 #[test]
 fn torchscript_gives_torchs_logits_and_input_gradient() -> TestResult {
-    let model = TorchScriptModel::load(fixture("tiny_cnn.pt"), Device::Cpu, TINY_SHAPE)?;
-    assert_eq!(model.num_classes(), 5);
-    assert_eq!(model.input_shape(), TINY_SHAPE);
+    for fold in [false, true] {
+        let model =
+            TorchScriptModel::load_with(fixture("tiny_cnn.pt"), Device::Cpu, TINY_SHAPE, fold)?;
+        assert_eq!(model.folded(), fold);
+        assert_eq!(model.num_classes(), 5);
+        assert_eq!(model.input_shape(), TINY_SHAPE);
+        let xs = read_f32("tiny_cnn_input.f32", &[2, 3, 16, 16])?;
+        let expected = read_f32("tiny_cnn_logits.f32", &[2, 5])?;
+        let logits = model.forward(&xs, false)?;
+        let diff = max_abs_diff(&logits, &expected);
+        assert!(diff < 1e-5, "fold {fold}: logits differ by {diff}");
+
+        // Autograd through the input, as SIS needs: d(sum logits[:, 0]) / dx as torch computed it.
+        let xs = xs.set_requires_grad(true);
+        model
+            .forward(&xs, false)?
+            .select(1, 0)
+            .sum(Kind::Float)
+            .backward();
+        let expected_grad = read_f32("tiny_cnn_grad.f32", &[2, 3, 16, 16])?;
+        let diff = max_abs_diff(&xs.grad(), &expected_grad);
+        assert!(diff < 1e-5, "fold {fold}: input gradient differs by {diff}");
+    }
+    Ok(())
+}
+
+/// A folded module cast to bf16 is frozen again in bf16 (its weights are constants
+/// `to` cannot cast) and stays within bf16 rounding of torch's fp32 logits.
+#[test]
+fn folded_torchscript_runs_in_bfloat16() -> TestResult {
+    let mut model = TorchScriptModel::load(fixture("tiny_cnn.pt"), Device::Cpu, TINY_SHAPE)?;
+    assert!(model.folded());
+    model.set_kind(Kind::BFloat16)?;
     let xs = read_f32("tiny_cnn_input.f32", &[2, 3, 16, 16])?;
     let expected = read_f32("tiny_cnn_logits.f32", &[2, 5])?;
-    let logits = model.forward(&xs, false)?;
+    let logits = model.forward(&xs.to_kind(Kind::BFloat16), false)?;
+    assert_eq!(logits.kind(), Kind::BFloat16);
+    let scale = expected.abs().max().double_value(&[]);
+    let diff = max_abs_diff(&logits.to_kind(Kind::Float), &expected);
+    // bf16 keeps 8 significant bits: a few units of 2^-8 relative to the logits' scale.
     assert!(
-        max_abs_diff(&logits, &expected) < 1e-5,
-        "logits differ by {}",
-        max_abs_diff(&logits, &expected)
-    );
-
-    // Autograd through the input, as SIS needs: d(sum logits[:, 0]) / dx as torch computed it.
-    let xs = xs.set_requires_grad(true);
-    model
-        .forward(&xs, false)?
-        .select(1, 0)
-        .sum(Kind::Float)
-        .backward();
-    let expected_grad = read_f32("tiny_cnn_grad.f32", &[2, 3, 16, 16])?;
-    assert!(
-        max_abs_diff(&xs.grad(), &expected_grad) < 1e-5,
-        "{}",
-        max_abs_diff(&xs.grad(), &expected_grad)
+        diff < 0.05 * scale,
+        "bf16 logits differ by {diff} (scale {scale})"
     );
     Ok(())
 }
 
 #[test]
 fn torchscript_parameters_are_frozen_and_training_is_refused() -> TestResult {
-    let model = TorchScriptModel::load(fixture("tiny_cnn.pt"), Device::Cpu, TINY_SHAPE)?;
+    let model =
+        TorchScriptModel::load_with(fixture("tiny_cnn.pt"), Device::Cpu, TINY_SHAPE, false)?;
     let params = model.named_parameters()?;
     assert!(!params.is_empty());
     for (name, p) in params {
         assert!(!p.requires_grad(), "{name} requires grad");
     }
+    // Folding made every parameter a constant of the frozen graph.
+    let folded = TorchScriptModel::load(fixture("tiny_cnn.pt"), Device::Cpu, TINY_SHAPE)?;
+    assert!(folded.named_parameters()?.is_empty());
     let xs = Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu));
-    assert!(matches!(
-        model.forward(&xs, true),
-        Err(ModelError::Invalid(_))
-    ));
+    for m in [&model, &folded] {
+        assert!(matches!(m.forward(&xs, true), Err(ModelError::Invalid(_))));
+    }
     Ok(())
 }
 

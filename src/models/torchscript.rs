@@ -31,6 +31,8 @@ pub struct TorchScriptModel {
     /// Feed inputs to the module in channels-last (NHWC) memory format; see
     /// [`Self::set_channels_last`].
     channels_last: bool,
+    /// The module was frozen with its batch norms folded ([`super::fold`]).
+    folded: bool,
 }
 
 impl std::fmt::Debug for TorchScriptModel {
@@ -42,7 +44,11 @@ impl std::fmt::Debug for TorchScriptModel {
 /// libtorch's messages carry a C++ backtrace after the first lines; a user needs the
 /// reason, not the stack.
 fn short_reason(err: &tch::TchError) -> String {
-    let text = err.to_string();
+    first_lines(&err.to_string())
+}
+
+/// The first three meaningful lines of a libtorch message, without its backtrace.
+pub(super) fn first_lines(text: &str) -> String {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -56,13 +62,26 @@ fn short_reason(err: &tch::TchError) -> String {
 
 impl TorchScriptModel {
     /// Loads the TorchScript file at `path` onto `device`, switches it to evaluation
-    /// mode, freezes its parameters and probes it with a zero batch of
-    /// `[2, C, H, W]` (`input_shape = [C, H, W]`). The probe must return one tensor
-    /// `[2, K]`; `K` becomes [`Classifier::num_classes`].
+    /// mode, freezes its parameters, folds its batch norms into the convolutions they
+    /// follow ([`super::fold`]; a module libtorch cannot freeze is used as saved, with
+    /// a warning saying why) and probes it with a zero batch of `[2, C, H, W]`
+    /// (`input_shape = [C, H, W]`). The probe must return one tensor `[2, K]`; `K`
+    /// becomes [`Classifier::num_classes`].
     pub fn load(
         path: impl AsRef<Path>,
         device: Device,
         input_shape: [i64; 3],
+    ) -> Result<Self, ModelError> {
+        Self::load_with(path, device, input_shape, true)
+    }
+
+    /// [`Self::load`] with batch-norm folding chosen: `fold = false` evaluates the
+    /// module exactly as saved (what `scripts/bench-vs-reference` compares against).
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        device: Device,
+        input_shape: [i64; 3],
+        fold: bool,
     ) -> Result<Self, ModelError> {
         let path = path.as_ref().to_path_buf();
         let load_err = |problem: String| ModelError::Load {
@@ -88,6 +107,18 @@ impl TorchScriptModel {
         module
             .f_set_eval()
             .map_err(|e| load_err(format!("cannot switch to eval mode: {}", short_reason(&e))))?;
+        // Loaded as saved first, so a bad file gets the plain loader's error.
+        let folded = fold
+            && match super::fold::load_folded(&path, device, None) {
+                Ok(frozen) => {
+                    module = frozen;
+                    true
+                }
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), %reason, "batch norm not folded; evaluating the module as saved");
+                    false
+                }
+            };
         let params = module
             .named_parameters()
             .map_err(|e| load_err(format!("cannot list parameters: {}", short_reason(&e))))?;
@@ -128,7 +159,13 @@ impl TorchScriptModel {
             num_classes: size[1],
             device,
             channels_last: device == Device::Cpu,
+            folded,
         })
+    }
+
+    /// Whether the module runs frozen with its batch norms folded.
+    pub fn folded(&self) -> bool {
+        self.folded
     }
 
     /// Chooses whether inputs reach the module in channels-last memory format (on by
@@ -146,7 +183,7 @@ impl TorchScriptModel {
     }
 
     /// The module's parameters (shared with it, not copies), e.g. to check that they
-    /// are frozen.
+    /// are frozen. A folded module has none: freezing made them constants.
     pub fn named_parameters(&self) -> Result<Vec<(String, Tensor)>, ModelError> {
         Ok(self.module.named_parameters()?)
     }
@@ -214,8 +251,19 @@ impl Classifier for TorchScriptModel {
     /// Nothing to do: parameters were frozen at load.
     fn freeze(&mut self) {}
 
+    /// A folded module's weights are graph constants, which `to` does not cast, so it
+    /// is frozen again from the file after casting (folding then rounds in `kind`).
     fn set_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
-        self.module.to(self.device, kind, false);
+        if self.folded {
+            self.module = super::fold::load_folded(&self.path, self.device, Some(kind)).map_err(
+                |problem| ModelError::Load {
+                    path: self.path.clone(),
+                    problem: format!("cannot fold batch norm at {kind:?}: {problem}"),
+                },
+            )?;
+        } else {
+            self.module.to(self.device, kind, false);
+        }
         Ok(())
     }
 
