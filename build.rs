@@ -10,7 +10,14 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
-    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    for var in [
+        "LIBTORCH_CXX11_ABI",
+        "LIBTORCH_INCLUDE",
+        "LIBTORCH_LIB",
+        "PYTHON_SYS_EXECUTABLE",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
     println!("cargo:rerun-if-changed=src/models/ffi/fold.cpp");
     // torch-sys (`links = "tch"`) tells its dependents where it found libtorch.
     let lib = std::env::var_os("DEP_TCH_LIBTORCH_LIB")
@@ -30,10 +37,16 @@ fn main() {
     }
 }
 
-/// Builds `libfold.a` with the flags torch-sys builds its own C++ wrapper with.
+/// Builds `liboverinterp_fold.a` with the flags torch-sys builds its own C++ wrapper with.
 fn compile_fold_shim(lib: &std::path::Path) {
-    let root = lib.parent().expect("libtorch lib dir has a parent");
-    let include = root.join("include");
+    // torch-sys's own rule: LIBTORCH_INCLUDE when set, else next to the libraries.
+    let include = match std::env::var_os("LIBTORCH_INCLUDE") {
+        Some(root) => PathBuf::from(root).join("include"),
+        None => lib
+            .parent()
+            .expect("libtorch lib dir has a parent")
+            .join("include"),
+    };
     cc::Build::new()
         .cpp(true)
         .pic(true)

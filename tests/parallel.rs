@@ -65,7 +65,7 @@ fn train_gang(
     dir: &Path,
 ) -> (Vec<Weights>, Vec<train::EpochMetrics>) {
     let rendezvous = dir.join("rendezvous");
-    // Models are built here, one after another: `Mlp::new` seeds libtorch's global RNG.
+    // Each rank's model comes from its own seed (`Mlp::new` does not use libtorch's RNG).
     // Rank 1+ get a different initialization on purpose: the gang must broadcast rank 0's.
     let models: Vec<Mlp> = (0..world)
         .map(|r| Mlp::new([1, 4, 4], 4, r as i64))

@@ -295,6 +295,8 @@ fn torchscript_gives_torchs_logits_and_input_gradient() -> TestResult {
         let model =
             TorchScriptModel::load_with(fixture("tiny_cnn.pt"), Device::Cpu, TINY_SHAPE, fold)?;
         assert_eq!(model.folded(), fold);
+        // Both of the fixture's batch norms follow a convolution: both are folded.
+        assert_eq!(model.batch_norms_left(), 0);
         assert_eq!(model.num_classes(), 5);
         assert_eq!(model.input_shape(), TINY_SHAPE);
         let xs = read_f32("tiny_cnn_input.f32", &[2, 3, 16, 16])?;
@@ -315,6 +317,33 @@ fn torchscript_gives_torchs_logits_and_input_gradient() -> TestResult {
         assert!(diff < 1e-5, "fold {fold}: input gradient differs by {diff}");
     }
     Ok(())
+}
+
+/// A batch norm before a ReLU cannot be folded: freezing keeps it (and says so) and
+/// folds the one after the convolution; the logits stay torch's.
+#[test]
+fn batch_norms_freezing_cannot_fold_are_counted_and_kept() -> TestResult {
+    let model = TorchScriptModel::load(fixture("preact_bn.pt"), Device::Cpu, TINY_SHAPE)?;
+    assert!(model.folded());
+    assert_eq!(model.batch_norms_left(), 1);
+    let xs = read_f32("tiny_cnn_input.f32", &[2, 3, 16, 16])?;
+    let expected = read_f32("preact_bn_logits.f32", &[2, 5])?;
+    let diff = max_abs_diff(&model.forward(&xs, false)?, &expected);
+    assert!(diff < 1e-5, "logits differ by {diff}");
+    Ok(())
+}
+
+/// The folding shim's errors reach Rust as libtorch's reason without its backtrace.
+#[test]
+fn folding_errors_are_reported_without_a_backtrace() {
+    let err = super::fold::load_folded(&fixture("not_a_model.pt"), Device::Cpu, None)
+        .err()
+        .expect("a text file is not a TorchScript archive");
+    assert!(!err.is_empty() && !err.contains("frame #"), "{err}");
+    let err = super::fold::load_folded(&fixture("tiny_cnn.pt"), Device::Mps, None)
+        .err()
+        .expect("folding runs on the CPU or CUDA");
+    assert!(err.contains("Mps"), "{err}");
 }
 
 /// A folded module cast to bf16 is frozen again in bf16 (its weights are constants

@@ -33,6 +33,8 @@ pub struct TorchScriptModel {
     channels_last: bool,
     /// The module was frozen with its batch norms folded ([`super::fold`]).
     folded: bool,
+    /// Batch-norm nodes freezing left unfolded (0 unless [`Self::folded`]).
+    batch_norms_left: usize,
 }
 
 impl std::fmt::Debug for TorchScriptModel {
@@ -62,9 +64,9 @@ pub(super) fn first_lines(text: &str) -> String {
 
 impl TorchScriptModel {
     /// Loads the TorchScript file at `path` onto `device`, switches it to evaluation
-    /// mode, freezes its parameters, folds its batch norms into the convolutions they
-    /// follow ([`super::fold`]; a module libtorch cannot freeze is used as saved, with
-    /// a warning saying why) and probes it with a zero batch of `[2, C, H, W]`
+    /// mode, freezes its parameters, folds the batch norms that directly follow a
+    /// convolution into it ([`super::fold`]; a module libtorch cannot freeze is used
+    /// as saved, with a warning saying why) and probes it with a zero batch of `[2, C, H, W]`
     /// (`input_shape = [C, H, W]`). The probe must return one tensor `[2, K]`; `K`
     /// becomes [`Classifier::num_classes`].
     pub fn load(
@@ -108,17 +110,21 @@ impl TorchScriptModel {
             .f_set_eval()
             .map_err(|e| load_err(format!("cannot switch to eval mode: {}", short_reason(&e))))?;
         // Loaded as saved first, so a bad file gets the plain loader's error.
-        let folded = fold
-            && match super::fold::load_folded(&path, device, None) {
+        let (mut folded, mut batch_norms_left) = (false, 0);
+        if fold {
+            match super::fold::load_folded(&path, device, None) {
                 Ok(frozen) => {
-                    module = frozen;
-                    true
+                    module = frozen.module;
+                    (folded, batch_norms_left) = (true, frozen.batch_norms_left);
+                    if batch_norms_left > 0 {
+                        tracing::info!(path = %path.display(), batch_norms_left, "frozen; these batch norms do not directly follow a convolution and stay");
+                    }
                 }
                 Err(reason) => {
                     tracing::warn!(path = %path.display(), %reason, "batch norm not folded; evaluating the module as saved");
-                    false
                 }
-            };
+            }
+        }
         let params = module
             .named_parameters()
             .map_err(|e| load_err(format!("cannot list parameters: {}", short_reason(&e))))?;
@@ -160,12 +166,19 @@ impl TorchScriptModel {
             device,
             channels_last: device == Device::Cpu,
             folded,
+            batch_norms_left,
         })
     }
 
-    /// Whether the module runs frozen with its batch norms folded.
+    /// Whether the module runs frozen, its foldable batch norms folded.
     pub fn folded(&self) -> bool {
         self.folded
+    }
+
+    /// Batch-norm nodes the frozen module still runs (0 when every one was folded,
+    /// and 0 for a module not frozen).
+    pub fn batch_norms_left(&self) -> usize {
+        self.batch_norms_left
     }
 
     /// Chooses whether inputs reach the module in channels-last memory format (on by
@@ -255,12 +268,13 @@ impl Classifier for TorchScriptModel {
     /// is frozen again from the file after casting (folding then rounds in `kind`).
     fn set_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
         if self.folded {
-            self.module = super::fold::load_folded(&self.path, self.device, Some(kind)).map_err(
+            let frozen = super::fold::load_folded(&self.path, self.device, Some(kind)).map_err(
                 |problem| ModelError::Load {
                     path: self.path.clone(),
                     problem: format!("cannot fold batch norm at {kind:?}: {problem}"),
                 },
             )?;
+            self.module = frozen.module;
         } else {
             self.module.to(self.device, kind, false);
         }

@@ -106,9 +106,9 @@ impl Mlp {
         let inputs = shape.iter().product::<i64>();
         let net = nn::seq()
             .add_fn(|x| x.flatten(1, -1))
-            .add(nn::linear(p / "fc1", inputs, 32, Default::default()))
+            .add(nn::linear(p / "fc1", inputs, 32, zeros()))
             .add_fn(|x| x.relu())
-            .add(nn::linear(p / "fc2", 32, classes, Default::default()));
+            .add(nn::linear(p / "fc2", 32, classes, zeros()));
         // The weights come from the seed alone, not from libtorch's global RNG: tests
         // of one binary run in parallel threads, and training seeds that RNG each epoch
         // (`tch::manual_seed`), which would race with a model being initialized here.
@@ -135,6 +135,15 @@ impl Mlp {
             classes,
             shape,
         }
+    }
+}
+
+/// A linear layer initialized to zeros, which draws nothing from libtorch's RNG.
+fn zeros() -> nn::LinearConfig {
+    nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
     }
 }
 
