@@ -60,12 +60,9 @@ fn compile_fold_shim(lib: &std::path::Path) {
         .compile("overinterp_fold");
 }
 
-/// The C++ ABI libtorch was built with: `LIBTORCH_CXX11_ABI`, else what the Python
-/// torch package reports under `LIBTORCH_USE_PYTORCH`, else 1 (every torch since 2.7).
+/// The C++ ABI libtorch was built with, in torch-sys's order: what the Python torch
+/// package reports under `LIBTORCH_USE_PYTORCH`, else `LIBTORCH_CXX11_ABI`, else 1.
 fn cxx11_abi() -> String {
-    if let Ok(v) = std::env::var("LIBTORCH_CXX11_ABI") {
-        return v;
-    }
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
         let out = python(&[
             "-c",
@@ -75,7 +72,7 @@ fn cxx11_abi() -> String {
             return v;
         }
     }
-    "1".into()
+    std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())
 }
 
 /// Runs the Python torch-sys runs and returns its trimmed stdout.

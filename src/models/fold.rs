@@ -1,14 +1,13 @@
 //! Batch-norm folding for TorchScript models: libtorch's `torch::jit::freeze` turns
 //! parameters into constants and folds each batch norm that directly follows a
 //! convolution (and whose convolution output has no other use) into that convolution's
-//! weights and bias, so evaluation and the gradient method's
-//! forward + backward skip the batch-norm passes (a TorchScript ResNet20's forward +
-//! backward to the input of 32 images ran 16.84 against 13.83 steps/s on 2 AVX2 cores,
-//! `scripts/bench-vs-reference`). tch does
-//! not expose freezing, so a small C++ shim (`ffi/fold.cpp`, built by `build.rs`)
-//! freezes the file and returns the frozen module serialized; it is loaded back through
-//! tch's public API. Folding changes only the rounding of the folded weights.
-
+//! weights and bias, so evaluation and the gradient method's forward + backward skip
+//! the batch-norm passes (a TorchScript ResNet20's forward + backward to the input of
+//! 32 images ran 16.84 against 13.83 steps/s on 2 AVX2 cores,
+//! `scripts/bench-vs-reference`). tch does not expose freezing, so a small C++ shim
+//! (`ffi/fold.cpp`, built by `build.rs`) freezes the file and returns the frozen module
+//! serialized; it is loaded back through tch's public API. Folding changes only the
+//! rounding of the folded weights.
 use std::ffi::{c_char, c_int, CString};
 use std::path::Path;
 

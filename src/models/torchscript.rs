@@ -100,31 +100,8 @@ impl TorchScriptModel {
                 "input shape {input_shape:?} must be positive [C, H, W]"
             )));
         }
-        let mut module = CModule::load_on_device(&path, device).map_err(|e| {
-            load_err(format!(
-                "not a loadable TorchScript model: {}",
-                short_reason(&e)
-            ))
-        })?;
-        module
-            .f_set_eval()
-            .map_err(|e| load_err(format!("cannot switch to eval mode: {}", short_reason(&e))))?;
-        // Loaded as saved first, so a bad file gets the plain loader's error.
-        let (mut folded, mut batch_norms_left) = (false, 0);
-        if fold {
-            match super::fold::load_folded(&path, device, None) {
-                Ok(frozen) => {
-                    module = frozen.module;
-                    (folded, batch_norms_left) = (true, frozen.batch_norms_left);
-                    if batch_norms_left > 0 {
-                        tracing::info!(path = %path.display(), batch_norms_left, "frozen; these batch norms do not directly follow a convolution and stay");
-                    }
-                }
-                Err(reason) => {
-                    tracing::warn!(path = %path.display(), %reason, "batch norm not folded; evaluating the module as saved");
-                }
-            }
-        }
+        let (module, fold_outcome) = load_module(&path, device, fold)?;
+        let (folded, batch_norms_left) = (fold_outcome.is_some(), fold_outcome.unwrap_or(0));
         let params = module
             .named_parameters()
             .map_err(|e| load_err(format!("cannot list parameters: {}", short_reason(&e))))?;
@@ -205,6 +182,49 @@ impl TorchScriptModel {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The module at `path` in evaluation mode: frozen with its batch norms folded when
+/// `fold` and libtorch can (then also the count of batch norms left), else as saved.
+/// Freezing is tried first, so a model is read once in the usual case; when it fails,
+/// the plain load reports a bad file, and only a loadable module's failure to freeze
+/// is a warning.
+fn load_module(
+    path: &Path,
+    device: Device,
+    fold: bool,
+) -> Result<(CModule, Option<usize>), ModelError> {
+    let load_err = |problem: String| ModelError::Load {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let reason = if fold {
+        match super::fold::load_folded(path, device, None) {
+            Ok(frozen) => {
+                let left = frozen.batch_norms_left;
+                if left > 0 {
+                    tracing::info!(path = %path.display(), batch_norms_left = left, "frozen; these batch norms do not directly follow a convolution and stay");
+                }
+                return Ok((frozen.module, Some(left)));
+            }
+            Err(reason) => Some(reason),
+        }
+    } else {
+        None
+    };
+    let mut module = CModule::load_on_device(path, device).map_err(|e| {
+        load_err(format!(
+            "not a loadable TorchScript model: {}",
+            short_reason(&e)
+        ))
+    })?;
+    module
+        .f_set_eval()
+        .map_err(|e| load_err(format!("cannot switch to eval mode: {}", short_reason(&e))))?;
+    if let Some(reason) = reason {
+        tracing::warn!(path = %path.display(), %reason, "batch norm not folded; evaluating the module as saved");
+    }
+    Ok((module, None))
 }
 
 fn ivalue_kind(v: &IValue) -> &'static str {
