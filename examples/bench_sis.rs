@@ -7,7 +7,9 @@
 //! - Batched Gradient BackSelect, k = 1: steps per second against plain
 //!   forward + backward-to-input batches per second, and images per second of a
 //!   whole `run_sis` (32 images, 1024 steps each plus FindSIS) against that limit
-//!   divided by the 1024 steps an image needs.
+//!   divided by the 1024 steps an image needs;
+//! - the forward + backward to the input with batch norm folded (as the engine runs a
+//!   frozen model) against the same model evaluated as trained (folding switched off).
 //!
 //! The machine is shared, so the engine and its reference are timed in alternating
 //! rounds and each ratio uses totals over all rounds.
@@ -181,19 +183,25 @@ fn main() -> anyhow::Result<()> {
     let targets = Tensor::from_slice(&predicted);
     let present = vec![vec![true; 1024]; n_images];
     let keys: Vec<u64> = indices.clone();
+    // As trained: the same frozen model with batch norm evaluated, not folded.
+    let mut as_trained = Tally::default();
+    let fwd_bwd_steps = || -> anyhow::Result<()> {
+        for _ in 0..grad_steps {
+            let x = xs.detach().set_requires_grad(true);
+            let logits = model.forward(&x, false)?;
+            let f = logits
+                .softmax(-1, Kind::Float)
+                .gather(1, &targets.unsqueeze(1), false)
+                .sum(Kind::Float);
+            let _ = Tensor::run_backward(&[f], &[&x], false, false);
+        }
+        Ok(())
+    };
     for _ in 0..ROUNDS {
-        fwd_bwd.time(grad_steps as f64, || -> anyhow::Result<()> {
-            for _ in 0..grad_steps {
-                let x = xs.detach().set_requires_grad(true);
-                let logits = model.forward(&x, false)?;
-                let f = logits
-                    .softmax(-1, Kind::Float)
-                    .gather(1, &targets.unsqueeze(1), false)
-                    .sum(Kind::Float);
-                let _ = Tensor::run_backward(&[f], &[&x], false, false);
-            }
-            Ok(())
-        })?;
+        fwd_bwd.time(grad_steps as f64, fwd_bwd_steps)?;
+        models::set_batch_norm_folding(false);
+        as_trained.time(grad_steps as f64, fwd_bwd_steps)?;
+        models::set_batch_norm_folding(true);
         let input = BackSelectInput {
             xs: &xs,
             present: &present,
@@ -236,6 +244,12 @@ fn main() -> anyhow::Result<()> {
         "it/s",
         grad.rate(),
         fwd_bwd.rate(),
+    );
+    row(
+        "fwd+bwd-to-input: batch norm folded vs as trained",
+        "it/s",
+        fwd_bwd.rate(),
+        as_trained.rate(),
     );
     // A whole run_sis: 32 images, k = 1 (1024 steps each), FindSIS + verification.
     // About 1024 gradient steps: skipped with BENCH_SIS_QUICK=1.

@@ -165,9 +165,15 @@ impl SisJob {
                 source,
             };
             precision::resolve(Precision::Auto, device, |kind| {
-                let fp32 = models::load_model(&self.model, device, [c, h, w]).map_err(model_err)?;
-                let mut low =
-                    models::load_model(&self.model, device, [c, h, w]).map_err(model_err)?;
+                // Frozen as SIS runs them, so both are timed as they will evaluate.
+                let load = || -> Result<Box<dyn Classifier>, sis::SisError> {
+                    let mut m =
+                        models::load_model(&self.model, device, [c, h, w]).map_err(model_err)?;
+                    m.freeze();
+                    Ok(m)
+                };
+                let fp32 = load()?;
+                let mut low = load()?;
                 low.set_kind(kind).map_err(model_err)?;
                 precision::measure_speedup(
                     fp32.as_ref(),

@@ -9,46 +9,33 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::layers::{batch_norm, conv2d_rect};
+use super::conv_bn::{ConvBn, ConvShape};
 
 /// torchvision's `BasicConv2d`: conv (no bias) → BN (eps 0.001) → ReLU.
 #[derive(Debug)]
-struct BasicConv {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
-}
+struct BasicConv(ConvBn);
 
 impl BasicConv {
     /// A square kernel.
     fn new(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> Self {
-        Self::rect(
-            p,
-            c_in,
-            c_out,
-            [kernel, kernel],
-            [stride, stride],
-            [padding, padding],
-        )
+        Self::shaped(p, c_in, c_out, ConvShape::square(kernel, stride, padding))
     }
 
-    fn rect(
-        p: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        kernel: [i64; 2],
-        stride: [i64; 2],
-        padding: [i64; 2],
-    ) -> Self {
-        Self {
-            conv: conv2d_rect(&p / "conv", c_in, c_out, kernel, stride, padding),
-            bn: batch_norm(&p / "bn", c_out, 0.001),
-        }
+    fn shaped(p: nn::Path, c_in: i64, c_out: i64, shape: ConvShape) -> Self {
+        Self(ConvBn::new(
+            &p / "conv",
+            &p / "bn",
+            (c_in, c_out),
+            shape,
+            false,
+            0.001,
+        ))
     }
 }
 
 impl ModuleT for BasicConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train).relu()
+        xs.apply_t(&self.0, train).relu()
     }
 }
 
@@ -62,7 +49,12 @@ const K1X3: ([i64; 2], [i64; 2]) = ([1, 3], [0, 1]);
 const K3X1: ([i64; 2], [i64; 2]) = ([3, 1], [1, 0]);
 
 fn rect(p: nn::Path, c_in: i64, c_out: i64, (kernel, padding): ([i64; 2], [i64; 2])) -> BasicConv {
-    BasicConv::rect(p, c_in, c_out, kernel, [1, 1], padding)
+    let shape = ConvShape {
+        kernel,
+        stride: [1, 1],
+        padding,
+    };
+    BasicConv::shaped(p, c_in, c_out, shape)
 }
 
 /// torchvision's `F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)` (padding counted).

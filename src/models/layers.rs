@@ -36,24 +36,6 @@ pub(crate) fn conv2d(
     nn::conv2d(p, c_in, c_out, kernel, config)
 }
 
-/// A rectangular convolution without bias (Inception's 1×7 / 7×1 factorized kernels).
-pub(crate) fn conv2d_rect(
-    p: nn::Path,
-    c_in: i64,
-    c_out: i64,
-    kernel: [i64; 2],
-    stride: [i64; 2],
-    padding: [i64; 2],
-) -> nn::Conv<[i64; 2]> {
-    let config = nn::ConvConfigND::<[i64; 2]> {
-        stride,
-        padding,
-        bias: false,
-        ..Default::default()
-    };
-    nn::conv(p, c_in, c_out, kernel, config)
-}
-
 /// Number of trainable scalars in a var store: what papers and torchvision's
 /// `sum(p.numel() for p in model.parameters())` report (batch-norm running
 /// statistics are buffers, not parameters, and are not counted).

@@ -14,6 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 mod checkpoint;
 mod config;
+mod conv_bn;
 mod ensemble;
 mod fold;
 mod inception;
@@ -31,6 +32,7 @@ pub use checkpoint::{
     ENSEMBLE_PREFIX, WEIGHTS_FILE,
 };
 pub use config::{build, Arch, ModelConfig};
+pub use conv_bn::set_batch_norm_folding;
 pub use ensemble::Ensemble;
 pub use input_dropout::{eval_keep_mask, InputDropout};
 pub use layers::num_parameters;

@@ -7,17 +7,19 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::layers::{batch_norm, conv2d};
+use super::conv_bn::{ConvBn, ConvShape};
 
 #[derive(Debug)]
 struct Bottleneck {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    conv3: nn::Conv2D,
-    bn3: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    unit1: ConvBn,
+    unit2: ConvBn,
+    unit3: ConvBn,
+    downsample: Option<ConvBn>,
+}
+
+/// A convolution without bias and its batch norm (eps 1e-5), at torchvision's keys.
+fn unit(conv: nn::Path, bn: nn::Path, channels: (i64, i64), shape: ConvShape) -> ConvBn {
+    ConvBn::new(conv, bn, channels, shape, false, 1e-5)
 }
 
 /// torchvision's Bottleneck.expansion.
@@ -28,18 +30,19 @@ impl Bottleneck {
         let c_out = planes * EXPANSION;
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let d = &p / "downsample";
-            (
-                conv2d(&d / 0, c_in, c_out, 1, stride, 0, false),
-                batch_norm(&d / 1, c_out, 1e-5),
-            )
+            let shape = ConvShape::square(1, stride, 0);
+            unit(&d / 0, &d / 1, (c_in, c_out), shape)
         });
+        let one = ConvShape::square(1, 1, 0);
         Self {
-            conv1: conv2d(&p / "conv1", c_in, planes, 1, 1, 0, false),
-            bn1: batch_norm(&p / "bn1", planes, 1e-5),
-            conv2: conv2d(&p / "conv2", planes, planes, 3, stride, 1, false),
-            bn2: batch_norm(&p / "bn2", planes, 1e-5),
-            conv3: conv2d(&p / "conv3", planes, c_out, 1, 1, 0, false),
-            bn3: batch_norm(&p / "bn3", c_out, 1e-5),
+            unit1: unit(&p / "conv1", &p / "bn1", (c_in, planes), one),
+            unit2: unit(
+                &p / "conv2",
+                &p / "bn2",
+                (planes, planes),
+                ConvShape::square(3, stride, 1),
+            ),
+            unit3: unit(&p / "conv3", &p / "bn3", (planes, c_out), one),
             downsample,
         }
     }
@@ -47,11 +50,11 @@ impl Bottleneck {
 
 impl ModuleT for Bottleneck {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let out = out.apply(&self.conv2).apply_t(&self.bn2, train).relu();
-        let out = out.apply(&self.conv3).apply_t(&self.bn3, train);
+        let out = xs.apply_t(&self.unit1, train).relu();
+        let out = out.apply_t(&self.unit2, train).relu();
+        let out = out.apply_t(&self.unit3, train);
         let identity = match &self.downsample {
-            Some((conv, bn)) => xs.apply(conv).apply_t(bn, train),
+            Some(unit) => xs.apply_t(unit, train),
             None => xs.shallow_clone(),
         };
         (out + identity).relu()
@@ -61,8 +64,7 @@ impl ModuleT for Bottleneck {
 /// ResNet50.
 #[derive(Debug)]
 pub(crate) struct ResNet50 {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    stem: ConvBn,
     blocks: Vec<Bottleneck>,
     fc: nn::Linear,
 }
@@ -83,8 +85,12 @@ pub(crate) fn resnet50(p: &nn::Path, c_in: i64, num_classes: i64) -> ResNet50 {
         }
     }
     ResNet50 {
-        conv1: conv2d(p / "conv1", c_in, 64, 7, 2, 3, false),
-        bn1: batch_norm(p / "bn1", 64, 1e-5),
+        stem: unit(
+            p / "conv1",
+            p / "bn1",
+            (c_in, 64),
+            ConvShape::square(7, 2, 3),
+        ),
         blocks,
         fc: nn::linear(p / "fc", 512 * EXPANSION, num_classes, Default::default()),
     }
@@ -92,7 +98,7 @@ pub(crate) fn resnet50(p: &nn::Path, c_in: i64, num_classes: i64) -> ResNet50 {
 
 impl ModuleT for ResNet50 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu(); // [N, 64, H/2, W/2]
+        let out = xs.apply_t(&self.stem, train).relu(); // [N, 64, H/2, W/2]
         let mut out = out.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false); // [N, 64, H/4, W/4]
         for block in &self.blocks {
             out = block.forward_t(&out, train);

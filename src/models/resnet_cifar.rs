@@ -20,15 +20,14 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use super::conv_bn::{ConvBn, ConvShape};
 use super::layers::{batch_norm, conv2d};
 
 /// A post-activation basic block with an option-A shortcut.
 #[derive(Debug)]
 struct BasicBlockA {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    unit1: ConvBn,
+    unit2: ConvBn,
     /// Channels added on each side of the subsampled identity, 0 when shapes match.
     pad_channels: i64,
     stride: i64,
@@ -37,10 +36,22 @@ struct BasicBlockA {
 impl BasicBlockA {
     fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         Self {
-            conv1: conv2d(&p / "conv1", c_in, c_out, 3, stride, 1, false),
-            bn1: batch_norm(&p / "bn1", c_out, 1e-5),
-            conv2: conv2d(&p / "conv2", c_out, c_out, 3, 1, 1, false),
-            bn2: batch_norm(&p / "bn2", c_out, 1e-5),
+            unit1: ConvBn::new(
+                &p / "conv1",
+                &p / "bn1",
+                (c_in, c_out),
+                ConvShape::square(3, stride, 1),
+                false,
+                1e-5,
+            ),
+            unit2: ConvBn::new(
+                &p / "conv2",
+                &p / "bn2",
+                (c_out, c_out),
+                ConvShape::square(3, 1, 1),
+                false,
+                1e-5,
+            ),
             pad_channels: (c_out - c_in) / 2,
             stride,
         }
@@ -49,8 +60,8 @@ impl BasicBlockA {
 
 impl ModuleT for BasicBlockA {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
+        let out = xs.apply_t(&self.unit1, train).relu();
+        let out = out.apply_t(&self.unit2, train);
         let shortcut = if self.stride == 1 && self.pad_channels == 0 {
             xs.shallow_clone()
         } else {
@@ -67,8 +78,7 @@ impl ModuleT for BasicBlockA {
 /// ResNet20 for CIFAR-sized inputs.
 #[derive(Debug)]
 pub(crate) struct ResNet20 {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    stem: ConvBn,
     blocks: Vec<BasicBlockA>,
     linear: nn::Linear,
 }
@@ -86,8 +96,14 @@ pub(crate) fn resnet20(p: &nn::Path, c_in: i64, num_classes: i64) -> ResNet20 {
         }
     }
     ResNet20 {
-        conv1: conv2d(p / "conv1", c_in, 16, 3, 1, 1, false),
-        bn1: batch_norm(p / "bn1", 16, 1e-5),
+        stem: ConvBn::new(
+            p / "conv1",
+            p / "bn1",
+            (c_in, 16),
+            ConvShape::square(3, 1, 1),
+            false,
+            1e-5,
+        ),
         blocks,
         linear: nn::linear(p / "linear", 64, num_classes, Default::default()),
     }
@@ -95,7 +111,7 @@ pub(crate) fn resnet20(p: &nn::Path, c_in: i64, num_classes: i64) -> ResNet20 {
 
 impl ModuleT for ResNet20 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut out = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu(); // [N, 16, H, W]
+        let mut out = xs.apply_t(&self.stem, train).relu(); // [N, 16, H, W]
         for block in &self.blocks {
             out = block.forward_t(&out, train);
         } // [N, 64, H/4, W/4]

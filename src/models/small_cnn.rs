@@ -15,15 +15,13 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::layers::{batch_norm, conv2d};
+use super::conv_bn::{ConvBn, ConvShape};
 
 /// The small CNN.
 #[derive(Debug)]
 pub(crate) struct SmallCnn {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    unit1: ConvBn,
+    unit2: ConvBn,
     fc1: nn::Linear,
     fc2: nn::Linear,
 }
@@ -32,27 +30,22 @@ pub(crate) struct SmallCnn {
 pub(crate) fn small_cnn(p: &nn::Path, [c, h, w]: [i64; 3], num_classes: i64) -> SmallCnn {
     let flat = 64 * (h / 4) * (w / 4);
     SmallCnn {
-        conv1: conv2d(p / "conv1", c, 32, 3, 1, 1, false),
-        bn1: batch_norm(p / "bn1", 32, 1e-5),
-        conv2: conv2d(p / "conv2", 32, 64, 3, 1, 1, false),
-        bn2: batch_norm(p / "bn2", 64, 1e-5),
+        unit1: unit(p / "conv1", p / "bn1", (c, 32)),
+        unit2: unit(p / "conv2", p / "bn2", (32, 64)),
         fc1: nn::linear(p / "fc1", flat, 128, Default::default()),
         fc2: nn::linear(p / "fc2", 128, num_classes, Default::default()),
     }
 }
 
+/// A 3×3 convolution with padding 1 and its batch norm.
+fn unit(conv: nn::Path, bn: nn::Path, channels: (i64, i64)) -> ConvBn {
+    ConvBn::new(conv, bn, channels, ConvShape::square(3, 1, 1), false, 1e-5)
+}
+
 impl ModuleT for SmallCnn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let out = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .max_pool2d_default(2);
-        let out = out
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train)
-            .relu()
-            .max_pool2d_default(2);
+        let out = xs.apply_t(&self.unit1, train).relu().max_pool2d_default(2);
+        let out = out.apply_t(&self.unit2, train).relu().max_pool2d_default(2);
         out.flatten(1, -1) // [N, 64·(H/4)·(W/4)]
             .dropout(0.25, train)
             .apply(&self.fc1)

@@ -11,7 +11,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::layers::{batch_norm, conv2d};
+use super::conv_bn::{ConvBn, ConvShape};
 
 /// Configuration D: output channels of each conv, `None` for a 2×2 max-pool.
 const VGG16_LAYERS: [Option<i64>; 18] = [
@@ -39,7 +39,7 @@ const VGG16_LAYERS: [Option<i64>; 18] = [
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Layer {
-    ConvBnRelu(nn::Conv2D, nn::BatchNorm),
+    ConvBnRelu(ConvBn),
     MaxPool,
 }
 
@@ -60,9 +60,14 @@ pub(crate) fn vgg16_bn(p: &nn::Path, c_in: i64, num_classes: i64) -> Vgg16Bn {
     for layer in VGG16_LAYERS {
         match layer {
             Some(width) => {
-                let conv = conv2d(&f / index, channels, width, 3, 1, 1, true);
-                let bn = batch_norm(&f / (index + 1), width, 1e-5);
-                features.push(Layer::ConvBnRelu(conv, bn));
+                features.push(Layer::ConvBnRelu(ConvBn::new(
+                    &f / index,
+                    &f / (index + 1),
+                    (channels, width),
+                    ConvShape::square(3, 1, 1),
+                    true,
+                    1e-5,
+                )));
                 channels = width;
                 index += 3;
             }
@@ -83,7 +88,7 @@ impl ModuleT for Vgg16Bn {
         let mut out = xs.shallow_clone();
         for layer in &self.features {
             out = match layer {
-                Layer::ConvBnRelu(conv, bn) => out.apply(conv).apply_t(bn, train).relu(),
+                Layer::ConvBnRelu(unit) => out.apply_t(unit, train).relu(),
                 Layer::MaxPool => out.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
             };
         } // [N, 512, H/32, W/32]
