@@ -33,6 +33,8 @@ pub use checkpoint::{
 };
 pub use config::{build, Arch, ModelConfig};
 pub use conv_bn::set_batch_norm_folding;
+#[cfg(test)]
+pub(crate) use conv_bn::FOLDS;
 pub use ensemble::Ensemble;
 pub use input_dropout::{eval_keep_mask, InputDropout};
 pub use layers::num_parameters;
@@ -119,4 +121,4 @@ impl std::fmt::Debug for dyn Classifier {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::*;
+use crate::util::SplitMix64;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -283,34 +284,26 @@ fn frozen_native_model_differentiates_the_input_only() -> TestResult {
     Ok(())
 }
 
-/// Uniform values in [-1, 1) from a SplitMix64 stream: concurrent tests reseed
-/// libtorch's global RNG, and a comparison of rounding must see the same model and
-/// inputs every run.
-fn uniform(size: &[i64], stream: &mut u64) -> Tensor {
+/// Uniform values in [-1, 1) from `rng`: concurrent tests reseed libtorch's global
+/// RNG, and a comparison of rounding must see the same model and inputs every run.
+pub(crate) fn uniform(size: &[i64], rng: &mut SplitMix64) -> Tensor {
     let n: i64 = size.iter().product();
     let values: Vec<f32> = (0..n)
-        .map(|_| {
-            *stream = stream.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *stream;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
+        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
         .collect();
     Tensor::from_slice(&values).reshape(size)
 }
 
-/// Sets every tensor of `vs` from `stream`: He-uniform weights, and batch norms with
+/// Sets every tensor of `vs` from `rng`: He-uniform weights, and batch norms with
 /// trained-looking statistics and affine parameters (fresh ones are the identity map,
 /// which would leave folding little to do).
-fn deterministic_weights(vs: &nn::VarStore, stream: &mut u64) {
+pub(crate) fn deterministic_weights(vs: &nn::VarStore, rng: &mut SplitMix64) {
     let mut variables: Vec<_> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
         for (name, t) in variables {
             let size = t.size();
-            let u = uniform(&size, stream);
+            let u = uniform(&size, rng);
             let value = if name.ends_with("running_var") {
                 u.abs() + 0.5
             } else if size.len() == 1 {
@@ -349,12 +342,12 @@ fn frozen_native_models_fold_batch_norm_and_change_only_rounding() -> TestResult
         (Arch::InceptionV3, [3, 75, 75], 94),
         (Arch::ResNet18, [3, 32, 32], 0),
     ];
-    let folds = || conv_bn::FOLDS.with(|n| n.get());
+    let folds = || FOLDS.with(|n| n.get());
     for (arch, [c, h, w], units) in cases {
-        let mut stream = 5;
+        let mut rng = SplitMix64::new(5);
         let mut model = native(arch, 10, [c, h, w]);
-        deterministic_weights(model.var_store().ok_or("no var store")?, &mut stream);
-        let xs = uniform(&[2, c, h, w], &mut stream) * 2.0;
+        deterministic_weights(model.var_store().ok_or("no var store")?, &mut rng);
+        let xs = uniform(&[2, c, h, w], &mut rng) * 2.0;
         let trained = logits_and_grad(&model, &xs)?;
         model.freeze();
         let before = folds();

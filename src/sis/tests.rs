@@ -1044,3 +1044,105 @@ fn gradient_backselect_runs_the_same_inside_no_grad() -> Result<(), SisError> {
     assert_eq!(plain, guarded);
     Ok(())
 }
+
+/// `L` of removing each of `picks` from `x` `[1, C, H, W]` where `present`: the
+/// log-odds against class `c` (`logsumexp` of the other logits minus `c`'s), by hand.
+fn removal_l(
+    model: &dyn Classifier,
+    x: &Tensor,
+    present: &[bool],
+    picks: &[u32],
+    c: i64,
+) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+    let [_, h, w] = model.input_shape();
+    let _guard = tch::no_grad_guard();
+    let mut out = Vec::new();
+    for &q in picks {
+        let mut keep: Vec<f32> = present.iter().map(|&on| f32::from(u8::from(on))).collect();
+        keep[q as usize] = 0.0;
+        let logits = model
+            .forward(&(x * Tensor::from_slice(&keep).view([1, 1, h, w])), false)?
+            .to_kind(Kind::Double)
+            .get(0);
+        let own = logits.double_value(&[c]);
+        let others = logits.index_fill(0, &Tensor::from_slice(&[c]), f64::NEG_INFINITY);
+        out.push(others.logsumexp([0], false).double_value(&[]) - own);
+    }
+    Ok(out)
+}
+
+/// Batch norm folded (a frozen native model) leaves exact BackSelect's removal orders
+/// as the same model evaluated as trained gives them, up to a near-tie: where two
+/// orders first differ, the two picks' `L` at their common state are within 1e-5.
+#[test]
+fn folded_batch_norm_leaves_exact_orders_equal_up_to_a_near_tie(
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::models::tests::{deterministic_weights, uniform};
+    use crate::models::{Arch, ModelConfig, NativeModel, FOLDS};
+    use crate::util::SplitMix64;
+
+    let shape = [1, 10, 10];
+    let p = 10 * 10;
+    let build = || -> Result<NativeModel, SisError> {
+        let config = ModelConfig::new(Arch::SmallCnn, 10, shape);
+        let model =
+            NativeModel::new(config, Device::Cpu).map_err(|e| SisError::Params(e.to_string()))?;
+        deterministic_weights(model.var_store().expect("native"), &mut SplitMix64::new(7));
+        Ok(model)
+    };
+    // Parameters tracking gradients are never folded; frozen ones are.
+    let as_trained = build()?;
+    let mut folded = build()?;
+    folded.freeze();
+    let x = uniform(&[2, 1, 10, 10], &mut SplitMix64::new(8)) * 2.0;
+    let images = [0u64, 1];
+    let run = |model: &dyn Classifier| -> Result<(Vec<i64>, Vec<BackSelectTrace>), SisError> {
+        let eval = Evaluator::new(model);
+        let (predicted, _) = eval.predict(&x, &images)?;
+        let present = vec![vec![true; p]; 2];
+        let input = BackSelectInput {
+            xs: &x,
+            present: &present,
+            targets: &predicted,
+            noise_keys: &images,
+            images: &images,
+        };
+        let traces = exact_backselect(&eval, &input, Objective::LogOdds, 64, None)?;
+        Ok((predicted, traces))
+    };
+    let (classes, trained) = run(&as_trained)?;
+    let before = FOLDS.with(|n| n.get());
+    let (folded_classes, folded_traces) = run(&folded)?;
+    assert_eq!(
+        FOLDS.with(|n| n.get()) - before,
+        2,
+        "both conv → BN units folded"
+    );
+    assert_eq!(classes, folded_classes);
+    for (i, (a, b)) in trained.iter().zip(&folded_traces).enumerate() {
+        let Some(d) = (0..p).find(|&t| a.order[t] != b.order[t]) else {
+            continue;
+        };
+        let mut present = vec![true; p];
+        for &q in &a.order[..d] {
+            present[q as usize] = false;
+        }
+        let x_i = x.narrow(0, i as i64, 1);
+        let l = removal_l(
+            &as_trained,
+            &x_i,
+            &present,
+            &[a.order[d], b.order[d]],
+            classes[i],
+        )?;
+        eprintln!(
+            "image {i}: orders first differ at step {d} of {p}, L {:?}",
+            l
+        );
+        assert!(
+            (l[0] - l[1]).abs() < 1e-5,
+            "image {i} step {d}: not a near-tie, L {l:?}"
+        );
+    }
+    Ok(())
+}
