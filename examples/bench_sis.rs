@@ -197,10 +197,17 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     };
-    for _ in 0..ROUNDS {
-        fwd_bwd.time(grad_steps as f64, fwd_bwd_steps)?;
-        models::set_batch_norm_folding(false);
-        as_trained.time(grad_steps as f64, fwd_bwd_steps)?;
+    for round in 0..ROUNDS {
+        // Folded and as trained alternate which goes first.
+        for folded in [round % 2 == 0, round % 2 == 1] {
+            models::set_batch_norm_folding(folded);
+            let tally = if folded {
+                &mut fwd_bwd
+            } else {
+                &mut as_trained
+            };
+            tally.time(grad_steps as f64, fwd_bwd_steps)?;
+        }
         models::set_batch_norm_folding(true);
         let input = BackSelectInput {
             xs: &xs,

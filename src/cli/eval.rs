@@ -49,7 +49,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = args.device.apply();
     let split: Split = args.split.parse()?;
     let source = args.data.open(split)?;
-    let model = load_model(&args.model, device, input_shape(source.as_ref()))?;
+    let mut model = load_model(&args.model, device, input_shape(source.as_ref()))?;
+    // Evaluation only: no parameter gradients, and native batch norms fold.
+    model.freeze();
     let [_, h, w] = source.shape();
     let masks = args
         .masks

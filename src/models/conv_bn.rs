@@ -1,6 +1,7 @@
-//! A convolution followed by batch norm, the unit every native architecture but the
-//! pre-activation ResNet is built from, with the norm folded into the convolution
-//! when the model is evaluated frozen.
+//! A convolution directly followed by batch norm, the unit the native architectures
+//! are built from (in the pre-activation ResNet, each block's first convolution and
+//! second norm), with the norm folded into the convolution when the model is
+//! evaluated frozen.
 //!
 //! In evaluation a batch norm is a fixed per-channel affine map, so
 //! `bn(conv(x; w, b)) = conv(x; w·s, β + (b − μ)·s)` with `s = γ / √(σ² + ε)`.
@@ -12,8 +13,12 @@
 //! when no parameter of the unit tracks gradients (a frozen model, see
 //! [`super::Classifier::freeze`]), and the folded weights are cached under a key of
 //! each source tensor's storage, dtype and version counter. Loading weights, an
-//! optimizer step (both in-place writes) or a cast ([`super::Classifier::set_kind`])
-//! changes the key, and the next evaluation folds again. Training, and evaluation of a
+//! optimizer step (both in-place writes) or a cast ([`super::Classifier::set_kind`],
+//! new storage) changes the key, and the next evaluation folds again; the cache holds
+//! the sources it was computed from, so a freed storage's address cannot come back
+//! with other values under the same key. A training-mode forward updates the running
+//! statistics without bumping their version counters (libtorch's batch-norm kernels do
+//! not declare those writes), so it drops the cache. Training, and evaluation of a
 //! model that is still training, run the unit as written.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +46,9 @@ type Key = Vec<(usize, Kind, i64)>;
 #[derive(Debug)]
 struct Folded {
     key: Key,
+    /// Detached handles on the sources (same storage and version counter): their
+    /// storages stay allocated while the key names their addresses.
+    _sources: Vec<Tensor>,
     ws: Tensor,
     bs: Tensor,
 }
@@ -104,6 +112,12 @@ impl ConvBn {
         }
     }
 
+    /// [`Self::new`] for a convolution without bias and a batch norm with eps 1e-5,
+    /// as in the ResNets and the small CNN.
+    pub fn no_bias(conv: nn::Path, bn: nn::Path, channels: (i64, i64), shape: ConvShape) -> Self {
+        Self::new(conv, bn, channels, shape, false, 1e-5)
+    }
+
     /// The tensors the folded weights are computed from.
     fn sources(&self) -> Vec<&Tensor> {
         let mut out = vec![&self.conv.ws, &self.bn.running_mean, &self.bn.running_var];
@@ -129,7 +143,13 @@ impl ConvBn {
             #[cfg(test)]
             FOLDS.with(|n| n.set(n.get() + 1));
             let (ws, bs) = tch::no_grad(|| self.fold());
-            *cache = Some(Folded { key, ws, bs });
+            let _sources = sources.iter().map(|t| t.detach()).collect();
+            *cache = Some(Folded {
+                key,
+                _sources,
+                ws,
+                bs,
+            });
         }
         cache
             .as_ref()
@@ -166,6 +186,10 @@ thread_local! {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        if train {
+            // The running statistics change below without a version bump.
+            *self.folded.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         match (!train).then(|| self.folded()).flatten() {
             Some((ws, bs)) => xs.conv2d(&ws, Some(&bs), self.stride, self.padding, [1, 1], 1),
             None => xs.apply(&self.conv).apply_t(&self.bn, train),
@@ -259,6 +283,26 @@ mod tests {
         let expected = tch::no_grad(|| by_hand(&unit, &xs));
         assert!(max_abs_diff(&before, &after) > 1e-2, "the change shows");
         assert!(max_abs_diff(&after, &expected) < 1e-5);
+        // A training-mode forward moves the running statistics (without a version
+        // bump); the next evaluation folds the new ones.
+        let _ = unit.forward_t(
+            &(Tensor::randn([4, 3, 8, 8], (Kind::Float, Device::Cpu)) * 3.0 + 1.0),
+            true,
+        );
+        let trained = unit.forward_t(&xs, false);
+        let expected = tch::no_grad(|| by_hand(&unit, &xs));
+        assert!(
+            max_abs_diff(&trained, &after) > 1e-2,
+            "the statistics moved"
+        );
+        assert!(max_abs_diff(&trained, &expected) < 1e-5);
+        // A cast and its reverse leave bf16-rounded weights: folded again, not the
+        // fold of the weights before the round trip.
+        vs.set_kind(Kind::BFloat16);
+        vs.set_kind(Kind::Float);
+        let round_trip = unit.forward_t(&xs, false);
+        let expected = tch::no_grad(|| by_hand(&unit, &xs));
+        assert!(max_abs_diff(&round_trip, &expected) < 1e-5);
         // And a cast: the fold follows the new dtype.
         vs.set_kind(Kind::BFloat16);
         let low = unit.forward_t(&xs.to_kind(Kind::BFloat16), false);

@@ -17,11 +17,6 @@ struct Bottleneck {
     downsample: Option<ConvBn>,
 }
 
-/// A convolution without bias and its batch norm (eps 1e-5), at torchvision's keys.
-fn unit(conv: nn::Path, bn: nn::Path, channels: (i64, i64), shape: ConvShape) -> ConvBn {
-    ConvBn::new(conv, bn, channels, shape, false, 1e-5)
-}
-
 /// torchvision's Bottleneck.expansion.
 const EXPANSION: i64 = 4;
 
@@ -31,18 +26,18 @@ impl Bottleneck {
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let d = &p / "downsample";
             let shape = ConvShape::square(1, stride, 0);
-            unit(&d / 0, &d / 1, (c_in, c_out), shape)
+            ConvBn::no_bias(&d / 0, &d / 1, (c_in, c_out), shape)
         });
         let one = ConvShape::square(1, 1, 0);
         Self {
-            unit1: unit(&p / "conv1", &p / "bn1", (c_in, planes), one),
-            unit2: unit(
+            unit1: ConvBn::no_bias(&p / "conv1", &p / "bn1", (c_in, planes), one),
+            unit2: ConvBn::no_bias(
                 &p / "conv2",
                 &p / "bn2",
                 (planes, planes),
                 ConvShape::square(3, stride, 1),
             ),
-            unit3: unit(&p / "conv3", &p / "bn3", (planes, c_out), one),
+            unit3: ConvBn::no_bias(&p / "conv3", &p / "bn3", (planes, c_out), one),
             downsample,
         }
     }
@@ -85,7 +80,7 @@ pub(crate) fn resnet50(p: &nn::Path, c_in: i64, num_classes: i64) -> ResNet50 {
         }
     }
     ResNet50 {
-        stem: unit(
+        stem: ConvBn::no_bias(
             p / "conv1",
             p / "bn1",
             (c_in, 64),

@@ -36,21 +36,17 @@ struct BasicBlockA {
 impl BasicBlockA {
     fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         Self {
-            unit1: ConvBn::new(
+            unit1: ConvBn::no_bias(
                 &p / "conv1",
                 &p / "bn1",
                 (c_in, c_out),
                 ConvShape::square(3, stride, 1),
-                false,
-                1e-5,
             ),
-            unit2: ConvBn::new(
+            unit2: ConvBn::no_bias(
                 &p / "conv2",
                 &p / "bn2",
                 (c_out, c_out),
                 ConvShape::square(3, 1, 1),
-                false,
-                1e-5,
             ),
             pad_channels: (c_out - c_in) / 2,
             stride,
@@ -96,13 +92,11 @@ pub(crate) fn resnet20(p: &nn::Path, c_in: i64, num_classes: i64) -> ResNet20 {
         }
     }
     ResNet20 {
-        stem: ConvBn::new(
+        stem: ConvBn::no_bias(
             p / "conv1",
             p / "bn1",
             (c_in, 16),
             ConvShape::square(3, 1, 1),
-            false,
-            1e-5,
         ),
         blocks,
         linear: nn::linear(p / "linear", 64, num_classes, Default::default()),
@@ -126,8 +120,8 @@ impl ModuleT for ResNet20 {
 #[derive(Debug)]
 struct PreActBlock {
     bn1: nn::BatchNorm,
-    conv1: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    /// conv1 → bn2, the one pair of the block with nothing in between.
+    unit1: ConvBn,
     conv2: nn::Conv2D,
     shortcut: Option<nn::Conv2D>,
 }
@@ -138,8 +132,12 @@ impl PreActBlock {
             .then(|| conv2d(&p / "shortcut" / 0, c_in, c_out, 1, stride, 0, false));
         Self {
             bn1: batch_norm(&p / "bn1", c_in, 1e-5),
-            conv1: conv2d(&p / "conv1", c_in, c_out, 3, stride, 1, false),
-            bn2: batch_norm(&p / "bn2", c_out, 1e-5),
+            unit1: ConvBn::no_bias(
+                &p / "conv1",
+                &p / "bn2",
+                (c_in, c_out),
+                ConvShape::square(3, stride, 1),
+            ),
             conv2: conv2d(&p / "conv2", c_out, c_out, 3, 1, 1, false),
             shortcut,
         }
@@ -153,8 +151,7 @@ impl ModuleT for PreActBlock {
             Some(conv) => pre.apply(conv),
             None => xs.shallow_clone(),
         };
-        let out = pre.apply(&self.conv1);
-        let out = out.apply_t(&self.bn2, train).relu().apply(&self.conv2);
+        let out = pre.apply_t(&self.unit1, train).relu().apply(&self.conv2);
         out + shortcut
     }
 }

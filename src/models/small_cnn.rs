@@ -39,7 +39,7 @@ pub(crate) fn small_cnn(p: &nn::Path, [c, h, w]: [i64; 3], num_classes: i64) -> 
 
 /// A 3×3 convolution with padding 1 and its batch norm.
 fn unit(conv: nn::Path, bn: nn::Path, channels: (i64, i64)) -> ConvBn {
-    ConvBn::new(conv, bn, channels, ConvShape::square(3, 1, 1), false, 1e-5)
+    ConvBn::no_bias(conv, bn, channels, ConvShape::square(3, 1, 1))
 }
 
 impl ModuleT for SmallCnn {

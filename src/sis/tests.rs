@@ -1120,9 +1120,18 @@ fn folded_batch_norm_leaves_exact_orders_equal_up_to_a_near_tie(
     );
     assert_eq!(classes, folded_classes);
     for (i, (a, b)) in trained.iter().zip(&folded_traces).enumerate() {
-        let Some(d) = (0..p).find(|&t| a.order[t] != b.order[t]) else {
+        let d = (0..p).find(|&t| a.order[t] != b.order[t]).unwrap_or(p);
+        // Up to there the states are the same, and so are the confidences.
+        for t in 0..d {
+            let (fa, fb) = (a.history[t], b.history[t]);
+            assert!(
+                (fa - fb).abs() < 1e-5,
+                "image {i} step {t}: f {fa} as trained, {fb} folded"
+            );
+        }
+        if d == p {
             continue;
-        };
+        }
         let mut present = vec![true; p];
         for &q in &a.order[..d] {
             present[q as usize] = false;
