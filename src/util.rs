@@ -50,6 +50,10 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+    /// Uniform in `[0, 1)`: the top 53 bits, so every value is an exact f64.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
     /// Uniform in `0..n` (Lemire's multiply-shift; bias is below 2^-32 for our n).
     pub fn below(&mut self, n: usize) -> usize {
         ((self.next_u64() >> 32).wrapping_mul(n as u64) >> 32) as usize

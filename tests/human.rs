@@ -330,8 +330,7 @@ fn answer(
             "progress of {code} at {done}"
         );
         let f = facts[&trial];
-        let correct =
-            (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= P_CORRECT[who][f.fraction];
+        let correct = rng.unit() <= P_CORRECT[who][f.fraction];
         let choice = if correct {
             f.label
         } else {

@@ -189,11 +189,10 @@ impl ModuleT for ConvBn {
         if train {
             // The running statistics change below without a version bump.
             *self.folded.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        } else if let Some((ws, bs)) = self.folded() {
+            return xs.conv2d(&ws, Some(&bs), self.stride, self.padding, [1, 1], 1);
         }
-        match (!train).then(|| self.folded()).flatten() {
-            Some((ws, bs)) => xs.conv2d(&ws, Some(&bs), self.stride, self.padding, [1, 1], 1),
-            None => xs.apply(&self.conv).apply_t(&self.bn, train),
-        }
+        xs.apply(&self.conv).apply_t(&self.bn, train)
     }
 }
 

@@ -58,15 +58,8 @@ impl std::fmt::Debug for InputDropout {
 /// `keep_prob`.
 pub fn eval_keep_mask(h: i64, w: i64, keep_prob: f64, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
-    let scale = 1.0 / (1u64 << 53) as f64;
     (0..h * w)
-        .map(|_| {
-            if ((rng.next_u64() >> 11) as f64 * scale) < keep_prob {
-                1.0
-            } else {
-                0.0
-            }
-        })
+        .map(|_| if rng.unit() < keep_prob { 1.0 } else { 0.0 })
         .collect()
 }
 

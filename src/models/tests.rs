@@ -288,9 +288,7 @@ fn frozen_native_model_differentiates_the_input_only() -> TestResult {
 /// RNG, and a comparison of rounding must see the same model and inputs every run.
 pub(crate) fn uniform(size: &[i64], rng: &mut SplitMix64) -> Tensor {
     let n: i64 = size.iter().product();
-    let values: Vec<f32> = (0..n)
-        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-        .collect();
+    let values: Vec<f32> = (0..n).map(|_| (2.0 * rng.unit() - 1.0) as f32).collect();
     Tensor::from_slice(&values).reshape(size)
 }
 

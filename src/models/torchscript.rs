@@ -31,10 +31,9 @@ pub struct TorchScriptModel {
     /// Feed inputs to the module in channels-last (NHWC) memory format; see
     /// [`Self::set_channels_last`].
     channels_last: bool,
-    /// The module was frozen with its batch norms folded ([`super::fold`]).
-    folded: bool,
-    /// Batch-norm nodes freezing left unfolded (0 unless [`Self::folded`]).
-    batch_norms_left: usize,
+    /// `Some(batch norms freezing left unfolded)` when the module was frozen with its
+    /// batch norms folded ([`super::fold`]), `None` when it runs as saved.
+    frozen: Option<usize>,
 }
 
 impl std::fmt::Debug for TorchScriptModel {
@@ -100,8 +99,7 @@ impl TorchScriptModel {
                 "input shape {input_shape:?} must be positive [C, H, W]"
             )));
         }
-        let (module, fold_outcome) = load_module(&path, device, fold)?;
-        let (folded, batch_norms_left) = (fold_outcome.is_some(), fold_outcome.unwrap_or(0));
+        let (module, frozen) = load_module(&path, device, fold)?;
         let params = module
             .named_parameters()
             .map_err(|e| load_err(format!("cannot list parameters: {}", short_reason(&e))))?;
@@ -142,20 +140,19 @@ impl TorchScriptModel {
             num_classes: size[1],
             device,
             channels_last: device == Device::Cpu,
-            folded,
-            batch_norms_left,
+            frozen,
         })
     }
 
     /// Whether the module runs frozen, its foldable batch norms folded.
     pub fn folded(&self) -> bool {
-        self.folded
+        self.frozen.is_some()
     }
 
     /// Batch-norm nodes the frozen module still runs (0 when every one was folded,
     /// and 0 for a module not frozen).
     pub fn batch_norms_left(&self) -> usize {
-        self.batch_norms_left
+        self.frozen.unwrap_or(0)
     }
 
     /// Chooses whether inputs reach the module in channels-last memory format (on by
@@ -287,7 +284,7 @@ impl Classifier for TorchScriptModel {
     /// A folded module's weights are graph constants, which `to` does not cast, so it
     /// is frozen again from the file after casting (folding then rounds in `kind`).
     fn set_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
-        if self.folded {
+        if self.folded() {
             let frozen = super::fold::load_folded(&self.path, self.device, Some(kind)).map_err(
                 |problem| ModelError::Load {
                     path: self.path.clone(),

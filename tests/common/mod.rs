@@ -121,10 +121,7 @@ impl Mlp {
                 let fan_in = if name.starts_with("fc1") { inputs } else { 32 };
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 let values: Vec<f32> = (0..t.numel())
-                    .map(|_| {
-                        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                        ((2.0 * u - 1.0) * bound) as f32
-                    })
+                    .map(|_| ((2.0 * rng.unit() - 1.0) * bound) as f32)
                     .collect();
                 t.copy_(&Tensor::from_slice(&values).view(t.size().as_slice()));
             }
